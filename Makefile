@@ -1,0 +1,131 @@
+# Builds FFmpeg 9.0.2 with the rewritten LibTorch backend (build/ffmpeg), the
+# pristine release against the same LibTorch (build/upstream/ffmpeg), and runs
+# the tests, the demo and the benchmarks.  ./configure writes build/config.mk;
+# every target runs it with defaults when it is missing.
+
+B := build
+-include $(B)/config.mk
+
+PRISTINE := $(B)/ffmpeg-$(FFMPEG_VERSION)
+SRC      := $(B)/src
+# SANITIZE=address|thread builds a separate variant in its own folder.
+SANITIZE ?=
+VARIANT  := ours$(if $(SANITIZE),-$(SANITIZE))
+OBJ      := $(B)/$(VARIANT)
+FFMPEG   := $(OBJ)/ffmpeg
+UPSTREAM := $(B)/upstream/ffmpeg
+JOBS     ?= $(shell nproc)
+
+# Files of ours that replace or extend the upstream tree, and one diff per
+# upstream file we change (patches/<path>.diff).
+OUR_FILES := libavfilter/dnn/dnn_backend_torch.cpp
+PATCHES   := $(shell find patches -name '*.diff' 2>/dev/null | sort)
+PATCHED   := $(patsubst patches/%.diff,%,$(PATCHES))
+
+FF_FILTERS := dnn_processing dnn_detect dnn_classify testsrc2 color drawbox \
+              format scale showinfo metadata null hstack loop setpts trim \
+              crop pad split
+FF_CUDA_FILTERS := hwupload_cuda hwupload hwdownload
+FF_CONFIG = --disable-everything --disable-autodetect --disable-doc \
+    --disable-ffplay --disable-ffprobe --disable-stripping \
+    --enable-avdevice --enable-indev=lavfi \
+    --enable-filter=$(subst $() ,$(comma),$(FF_FILTERS)$(if $(filter yes,$(CUDA_FRAMES)), $(FF_CUDA_FILTERS))) \
+    --enable-muxer=null,framecrc,framemd5,rawvideo,image2,yuv4mpegpipe \
+    --enable-demuxer=rawvideo,image2,yuv4mpegpipe \
+    --enable-encoder=rawvideo,png,wrapped_avframe \
+    --enable-decoder=rawvideo,png,wrapped_avframe --enable-parser=png \
+    --enable-protocol=file,pipe --enable-zlib \
+    $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda) \
+    --enable-libtorch \
+    --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include' \
+    --extra-ldflags='-L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib' \
+    $(if $(SANITIZE),--toolchain=gcc-$(SANITIZE))
+comma := ,
+FF_ENV = PKG_CONFIG_PATH=$(FFNVCODEC_PC)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}
+
+.PHONY: all upstream check check-gpu demo bench series clean distclean FORCE
+
+all: $(FFMPEG)
+
+$(B)/config.mk:
+	./configure
+
+# --- trees --------------------------------------------------------------------
+
+$(PRISTINE)/.stamp: | $(B)/config.mk
+	rm -rf $(PRISTINE)
+	tar -C $(B) -xf $(FFMPEG_TARBALL)
+	touch $@
+
+# The tree we build: pristine, with our files linked in and each patched file
+# rebuilt from its pristine twin whenever its diff changes.
+$(SRC)/.stamp: $(PRISTINE)/.stamp
+	rm -rf $(SRC)
+	cp -a $(PRISTINE) $(SRC)
+	touch $@
+
+$(addprefix $(SRC)/,$(OUR_FILES)): $(SRC)/%: % $(SRC)/.stamp
+	ln -sf $(CURDIR)/$< $@
+
+$(addprefix $(SRC)/,$(PATCHED)): $(SRC)/%: patches/%.diff $(SRC)/.stamp
+	rm -f $@ $@.orig $@.rej
+	cp $(PRISTINE)/$* $@.tmp
+	patch -s --no-backup-if-mismatch $@.tmp < $< || { rm -f $@.tmp; exit 1; }
+	mv $@.tmp $@
+
+TREE := $(SRC)/.stamp $(addprefix $(SRC)/,$(OUR_FILES) $(PATCHED))
+
+# --- builds -------------------------------------------------------------------
+
+$(OBJ)/ffbuild/config.mak: $(TREE) $(B)/config.mk
+	mkdir -p $(OBJ)
+	cd $(OBJ) && $(FF_ENV) $(CURDIR)/$(SRC)/configure $(FF_CONFIG) > configure.log 2>&1 || \
+	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(OBJ)/configure.log"; exit 1; }
+
+$(FFMPEG): $(OBJ)/ffbuild/config.mak FORCE
+	$(MAKE) -C $(OBJ) -j$(JOBS) ffmpeg
+
+upstream: $(UPSTREAM)
+
+$(B)/upstream/ffbuild/config.mak: $(PRISTINE)/.stamp $(B)/config.mk
+	mkdir -p $(B)/upstream
+	cd $(B)/upstream && $(FF_ENV) $(CURDIR)/$(PRISTINE)/configure $(FF_CONFIG) > configure.log 2>&1 || \
+	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(B)/upstream/configure.log"; exit 1; }
+
+$(UPSTREAM): $(B)/upstream/ffbuild/config.mak FORCE
+	$(MAKE) -C $(B)/upstream -j$(JOBS) ffmpeg
+
+FORCE:
+
+# --- tests, demo, benchmarks -------------------------------------------------
+
+TEST_ENV = FFMPEG=$(CURDIR)/$(FFMPEG) UPSTREAM_FFMPEG=$(CURDIR)/$(UPSTREAM) \
+           SANITIZE=$(SANITIZE) MODELS=$(CURDIR)/$(B)/models
+
+check: $(FFMPEG) $(if $(SANITIZE),,$(UPSTREAM))
+	$(TEST_ENV) $(PYTHON) tests/run.py
+
+check-gpu: $(FFMPEG)
+	$(TEST_ENV) $(PYTHON) tests/run.py --gpu
+
+demo: $(FFMPEG)
+	FFMPEG=$(CURDIR)/$(FFMPEG) $(PYTHON) tests/demo.py $(B)/demo
+
+bench: $(FFMPEG) $(UPSTREAM) $(B)/bench/forward
+	FFMPEG=$(CURDIR)/$(FFMPEG) UPSTREAM_FFMPEG=$(CURDIR)/$(UPSTREAM) \
+	FORWARD=$(CURDIR)/$(B)/bench/forward $(PYTHON) bench/bench.py $(B)/bench
+
+$(B)/bench/forward: bench/forward.cpp $(B)/config.mk
+	mkdir -p $(B)/bench
+	$(CXX) -O2 -std=c++17 -o $@ $< \
+	    -I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include \
+	    -L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib -ltorch -ltorch_cpu -lc10
+
+series: $(PRISTINE)/.stamp
+	sh tools/make-series.sh $(PRISTINE) $(B)/series
+
+clean:
+	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/series $(B)/demo $(B)/bench $(B)/models
+
+distclean:
+	rm -rf $(B)

@@ -1,0 +1,817 @@
+/*
+ * This file is part of FFmpeg.
+ *
+ * FFmpeg is free software; you can redistribute it and/or
+ * modify it under the terms of the GNU Lesser General Public
+ * License as published by the Free Software Foundation; either
+ * version 2.1 of the License, or (at your option) any later version.
+ *
+ * FFmpeg is distributed in the hope that it will be useful,
+ * but WITHOUT ANY WARRANTY; without even the implied warranty of
+ * MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the GNU
+ * Lesser General Public License for more details.
+ *
+ * You should have received a copy of the GNU Lesser General Public
+ * License along with FFmpeg; if not, write to the Free Software
+ * Foundation, Inc., 51 Franklin Street, Fifth Floor, Boston, MA 02110-1301 USA
+ */
+
+/**
+ * @file
+ * DNN LibTorch backend: TorchScript models run through a pool of requests,
+ * optionally on batches of frames.
+ *
+ * Frames become tensors by wrapping each plane where it lies with
+ * torch::from_blob() and converting with torch ops into a persistent batch
+ * tensor; outputs go back the same way.  Every call into LibTorch is made
+ * inside a try block: a failure is logged with LibTorch's own reason and
+ * reaches the filter as an error, never as an exception or an abort.
+ */
+
+#include <string>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+#include <torch/version.h>
+
+extern "C" {
+#include "dnn_backend_common.h"
+#include "libavutil/avassert.h"
+#include "libavutil/cpu.h"
+#include "libavutil/mem.h"
+#include "libavutil/opt.h"
+#include "libavutil/pixdesc.h"
+#include "libavutil/thread.h"
+#include "queue.h"
+#include "safe_queue.h"
+}
+
+/** Size of the zero input used to probe the model's input channel count. */
+#define TH_PROBE_SIZE 32
+#define TH_MAX_BATCH  64
+
+typedef struct THModel {
+    DNNModel model;
+    DnnContext *ctx;
+    torch::jit::Module *jit_model;
+    torch::Device *device;
+    /** Input channels of the model: 1 or 3; 0 until known. */
+    int nb_channels;
+    int nb_requests;
+    SafeQueue *request_queue;
+    Queue *task_queue;
+    Queue *lltask_queue;
+    /**
+     * Guards the task progress written by request threads and read by
+     * get_result, and the first error of a failed inference.
+     */
+    AVMutex mutex;
+    int error;
+} THModel;
+
+typedef struct THRequestItem {
+    THModel *th_model;
+    LastLevelTaskItem *lltasks[TH_MAX_BATCH];
+    int nb_lltasks;
+    /** Batch input, reused while the frame size stays the same. */
+    torch::Tensor *input;
+    torch::Tensor *output;
+    /** Staging for the float to 8-bit conversion of one output frame. */
+    torch::Tensor *staging;
+    /** Set by th_start_inference(), read by the completion callback. */
+    int status;
+    DNNAsyncExecModule exec_module;
+} THRequestItem;
+
+#define OFFSET(x) offsetof(THOptions, x)
+#define FLAGS AV_OPT_FLAG_FILTERING_PARAM
+static const AVOption dnn_th_options[] = {
+    { "optimize",   "model optimisation at load time",                OFFSET(optimize),    AV_OPT_TYPE_INT, { .i64 = 0 }, 0, 2,            FLAGS, .unit = "optimize" },
+        { "none",   "run the model as it is",                         0,                   AV_OPT_TYPE_CONST, { .i64 = 0 }, 0, 0,          FLAGS, .unit = "optimize" },
+        { "graph",  "graph executor optimisation",                    0,                   AV_OPT_TYPE_CONST, { .i64 = 1 }, 0, 0,          FLAGS, .unit = "optimize" },
+        { "freeze", "freeze the model and optimise it for inference", 0,                   AV_OPT_TYPE_CONST, { .i64 = 2 }, 0, 0,          FLAGS, .unit = "optimize" },
+    { "channels",   "input channels of the model (1 or 3), 0 to probe the model", OFFSET(nb_channels), AV_OPT_TYPE_INT, { .i64 = 0 }, 0, 3, FLAGS },
+    { "threads",    "intra-op threads of each request, 0 for the CPU count divided by the requests", OFFSET(nb_threads), AV_OPT_TYPE_INT, { .i64 = 0 }, 0, 1024, FLAGS },
+    { "batch_size", "frames per forward call",                        OFFSET(batch_size),  AV_OPT_TYPE_INT, { .i64 = 1 }, 1, TH_MAX_BATCH, FLAGS },
+    { NULL }
+};
+
+/**
+ * The reason in a LibTorch exception, without the C++ backtrace; for an
+ * error raised inside TorchScript, the final "Error: reason" line of its
+ * script traceback.
+ */
+static std::string error_reason(const std::exception &e)
+{
+    const c10::Error *ce = dynamic_cast<const c10::Error *>(&e);
+    std::string msg = ce ? ce->what_without_backtrace() : e.what();
+    size_t pos = msg.rfind("Error: ");
+
+    if (msg.find("TorchScript interpreter") != std::string::npos &&
+        pos != std::string::npos) {
+        size_t start = msg.rfind('\n', pos);
+        msg = msg.substr(start == std::string::npos ? 0 : start + 1);
+    }
+    pos = msg.find('\n');
+    return pos == std::string::npos ? msg : msg.substr(0, pos);
+}
+
+/* -------------------------------------------------------------------------
+ * Frames to tensors and back.
+ *
+ * Each plane is wrapped where it lies, with its line size as the row stride,
+ * and converted by torch ops: the same code serves any device the plane
+ * lives on.  Channels keep the frame's memory order (BGR24 gives B, G, R),
+ * 8-bit samples map to [0, 1], GRAYF32 is taken as it is.
+ */
+
+static torch::Tensor wrap_plane_th(uint8_t *data, int linesize, int height,
+                                   int width, int channels,
+                                   torch::ScalarType type)
+{
+    int64_t elem = c10::elementSize(type);
+    return torch::from_blob(data, { height, width, channels },
+                            { linesize / elem, channels, 1 },
+                            torch::TensorOptions().dtype(type));
+}
+
+/** Number of channels a model must take from, or give to, a frame format. */
+static int format_channels_th(enum AVPixelFormat fmt)
+{
+    switch (fmt) {
+    case AV_PIX_FMT_RGB24:
+    case AV_PIX_FMT_BGR24:
+        return 3;
+    case AV_PIX_FMT_GRAY8:
+    case AV_PIX_FMT_GRAYF32:
+    case AV_PIX_FMT_YUV420P:
+    case AV_PIX_FMT_YUV422P:
+    case AV_PIX_FMT_YUV444P:
+    case AV_PIX_FMT_YUV410P:
+    case AV_PIX_FMT_YUV411P:
+    case AV_PIX_FMT_NV12:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/** Fill dst, a C x H x W float tensor, from the frame. */
+static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
+{
+    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
+    int channels = format_channels_th(fmt);
+    torch::ScalarType type = fmt == AV_PIX_FMT_GRAYF32 ? torch::kFloat32
+                                                       : torch::kUInt8;
+    torch::Tensor src = wrap_plane_th(frame->data[0], frame->linesize[0],
+                                      frame->height, frame->width,
+                                      channels, type);
+
+    dst.copy_(src.permute({ 2, 0, 1 }));
+    if (type == torch::kUInt8)
+        dst.div_(255.0);
+}
+
+/** Write src, a C x H x W float tensor, into the frame. */
+static void tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
+                               torch::Tensor &staging)
+{
+    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
+    int channels = format_channels_th(fmt);
+    torch::ScalarType type = fmt == AV_PIX_FMT_GRAYF32 ? torch::kFloat32
+                                                       : torch::kUInt8;
+    torch::Tensor dst = wrap_plane_th(frame->data[0], frame->linesize[0],
+                                      frame->height, frame->width,
+                                      channels, type);
+
+    if (type == torch::kFloat32) {
+        dst.copy_(src.permute({ 1, 2, 0 }));
+        return;
+    }
+    if (!staging.defined() || staging.sizes() != src.sizes())
+        staging = torch::empty(src.sizes(), src.options());
+    torch::mul_out(staging, src, 255.0);
+    staging.clamp_(0.0, 255.0).round_();
+    dst.copy_(staging.permute({ 1, 2, 0 }));
+}
+
+/* -------------------------------------------------------------------------
+ * Requests.
+ */
+
+static void destroy_request_item_th(THRequestItem **arg)
+{
+    THRequestItem *item = *arg;
+
+    if (!item)
+        return;
+    ff_dnn_async_module_cleanup(&item->exec_module);
+    for (int i = 0; i < item->nb_lltasks; i++)
+        av_freep(&item->lltasks[i]);
+    delete item->input;
+    delete item->output;
+    delete item->staging;
+    av_freep(arg);
+}
+
+static void set_error_th(THModel *th_model, int err)
+{
+    ff_mutex_lock(&th_model->mutex);
+    if (!th_model->error)
+        th_model->error = err;
+    ff_mutex_unlock(&th_model->mutex);
+}
+
+/**
+ * Run the model on the request's batch.  Always returns 0: a failure is
+ * kept in request->status for the completion callback, so that the request
+ * goes back to the pool on every path.
+ */
+static int th_start_inference(void *args)
+{
+    THRequestItem *request = (THRequestItem *)args;
+    THModel *th_model = request->th_model;
+    DnnContext *ctx = th_model->ctx;
+    int64_t batch = request->nb_lltasks;
+
+    request->status = 0;
+    try {
+        c10::InferenceMode guard;
+        torch::jit::setGraphExecutorOptimize(ctx->torch_option.optimize == 1);
+        std::vector<torch::jit::IValue> inputs;
+        inputs.push_back(request->input->to(*th_model->device));
+        torch::jit::IValue result = th_model->jit_model->forward(inputs);
+
+        if (!result.isTensor()) {
+            av_log(ctx, AV_LOG_ERROR, "The model returned a %s; dnn_processing "
+                   "needs a single N x C x H x W tensor. Return one tensor from "
+                   "forward().\n", result.tagKind().c_str());
+            request->status = AVERROR(EINVAL);
+            return 0;
+        }
+        torch::Tensor out = result.toTensor();
+        if (out.dim() != 4 || out.size(0) != batch) {
+            av_log(ctx, AV_LOG_ERROR, "The model returned a tensor of shape %s "
+                   "for an input of shape %s; dnn_processing needs N x C x H x W "
+                   "with the input's N.\n",
+                   c10::str(out.sizes()).c_str(),
+                   c10::str(request->input->sizes()).c_str());
+            request->status = AVERROR(EINVAL);
+            return 0;
+        }
+        *request->output = out.to(torch::kCPU, torch::kFloat32).contiguous();
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_ERROR, "The model failed on an input of shape %s: %s\n",
+               c10::str(request->input->sizes()).c_str(), error_reason(e).c_str());
+        request->status = AVERROR_EXTERNAL;
+    }
+    return 0;
+}
+
+/** Reallocate frame at the given size, keeping its properties. */
+static int resize_frame_th(AVFrame *frame, int width, int height)
+{
+    AVFrame *tmp = av_frame_alloc();
+    int ret;
+
+    if (!tmp)
+        return AVERROR(ENOMEM);
+    tmp->format = frame->format;
+    tmp->width  = width;
+    tmp->height = height;
+    ret = av_frame_get_buffer(tmp, 0);
+    if (ret >= 0)
+        ret = av_frame_copy_props(tmp, frame);
+    if (ret < 0) {
+        av_frame_free(&tmp);
+        return ret;
+    }
+    av_frame_unref(frame);
+    av_frame_move_ref(frame, tmp);
+    av_frame_free(&tmp);
+    return 0;
+}
+
+static int write_output_th(THRequestItem *request, int index, AVFrame *out)
+{
+    THModel *th_model = request->th_model;
+    DnnContext *ctx = th_model->ctx;
+    torch::Tensor result = (*request->output)[index];
+    int want = format_channels_th((enum AVPixelFormat)out->format);
+    int ret;
+
+    if (result.size(0) != want) {
+        av_log(ctx, AV_LOG_ERROR, "The model returned %d channels; %s output "
+               "needs %d.\n", (int)result.size(0),
+               av_get_pix_fmt_name((enum AVPixelFormat)out->format), want);
+        return AVERROR(EINVAL);
+    }
+    /* A frame whose size changed mid-stream gets an output of its own size. */
+    if (result.size(1) != out->height || result.size(2) != out->width) {
+        ret = resize_frame_th(out, result.size(2), result.size(1));
+        if (ret < 0)
+            return ret;
+    }
+    try {
+        if (torch::isnan(result).any().item<bool>()) {
+            av_log(ctx, AV_LOG_ERROR, "The model returned NaN; check its "
+                   "weights and that it expects input in [0, 1].\n");
+            return AVERROR(EINVAL);
+        }
+        tensor_to_frame_th(result, out, *request->staging);
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_ERROR, "Could not write the model's output: %s\n",
+               error_reason(e).c_str());
+        return AVERROR_EXTERNAL;
+    }
+    return 0;
+}
+
+static void infer_completion_callback(void *args)
+{
+    THRequestItem *request = (THRequestItem *)args;
+    THModel *th_model = request->th_model;
+    int ret = request->status;
+
+    for (int i = 0; i < request->nb_lltasks; i++) {
+        TaskItem *task = request->lltasks[i]->task;
+
+        if (ret >= 0 && task->do_ioproc)
+            ret = write_output_th(request, i, task->out_frame);
+        ff_mutex_lock(&th_model->mutex);
+        if (ret < 0 && !th_model->error)
+            th_model->error = ret;
+        task->inference_done++;
+        ff_mutex_unlock(&th_model->mutex);
+        av_freep(&request->lltasks[i]);
+    }
+    request->nb_lltasks = 0;
+
+    if (ff_safe_queue_push_back(th_model->request_queue, request) < 0) {
+        av_log(th_model->ctx, AV_LOG_ERROR, "Could not return a request to the pool.\n");
+        destroy_request_item_th(&request);
+        set_error_th(th_model, AVERROR(ENOMEM));
+    }
+}
+
+/**
+ * Take nb lltasks (all of one frame size) from the queue into the request,
+ * fill its batch tensor and run it, inline or on the request's thread.
+ */
+static int start_request_th(THModel *th_model, THRequestItem *request, int nb)
+{
+    DnnContext *ctx = th_model->ctx;
+    int ret;
+
+    for (int i = 0; i < nb; i++)
+        request->lltasks[i] = (LastLevelTaskItem *)ff_queue_pop_front(th_model->lltask_queue);
+    request->nb_lltasks = nb;
+
+    try {
+        const AVFrame *first = request->lltasks[0]->task->in_frame;
+        std::vector<int64_t> shape = { nb, th_model->nb_channels,
+                                       first->height, first->width };
+        if (!request->input->defined() || request->input->sizes() != shape)
+            *request->input = torch::empty(shape, torch::kFloat32);
+        for (int i = 0; i < nb; i++) {
+            torch::Tensor slot = (*request->input)[i];
+            frame_to_tensor_th(request->lltasks[i]->task->in_frame, slot);
+        }
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_ERROR, "Could not convert the frame to a tensor: %s\n",
+               error_reason(e).c_str());
+        request->status = AVERROR_EXTERNAL;
+        infer_completion_callback(request);
+        return 0;
+    }
+
+    if (ctx->async) {
+        ret = ff_dnn_start_inference_async(ctx, &request->exec_module);
+        if (ret < 0) {
+            request->status = ret;
+            infer_completion_callback(request);
+        }
+        return 0;
+    }
+    th_start_inference(request);
+    infer_completion_callback(request);
+    return 0;
+}
+
+/**
+ * Send queued frames to requests: full batches, and with flush the partial
+ * one.  The lltask queue only ever holds frames of one size (see
+ * dnn_execute_model_th), so every batch is one tensor.
+ */
+static int dispatch_th(THModel *th_model, int flush)
+{
+    int batch_size = th_model->ctx->torch_option.batch_size;
+
+    while (ff_queue_size(th_model->lltask_queue) >= (size_t)batch_size ||
+           (flush && ff_queue_size(th_model->lltask_queue) > 0)) {
+        int nb = FFMIN(ff_queue_size(th_model->lltask_queue), (size_t)batch_size);
+        /* Blocks until a request is back in the pool. */
+        THRequestItem *request = (THRequestItem *)ff_safe_queue_pop_front(th_model->request_queue);
+        int ret = start_request_th(th_model, request, nb);
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
+/* -------------------------------------------------------------------------
+ * Model.
+ */
+
+/** Run the model once on zeros; out receives the output shape. */
+static int probe_forward_th(THModel *th_model, int channels, int height,
+                            int width, std::vector<int64_t> &out,
+                            std::string &reason)
+{
+    try {
+        c10::InferenceMode guard;
+        torch::jit::setGraphExecutorOptimize(th_model->ctx->torch_option.optimize == 1);
+        std::vector<torch::jit::IValue> inputs;
+        inputs.push_back(torch::zeros({ 1, channels, height, width },
+                                      torch::TensorOptions().device(*th_model->device)));
+        torch::jit::IValue result = th_model->jit_model->forward(inputs);
+        if (!result.isTensor()) {
+            reason = std::string("the model returned a ") + result.tagKind() +
+                     ", not a tensor";
+            return AVERROR(EINVAL);
+        }
+        out = result.toTensor().sizes().vec();
+    } catch (const std::exception &e) {
+        reason = error_reason(e);
+        return AVERROR_EXTERNAL;
+    }
+    return 0;
+}
+
+/**
+ * TorchScript does not declare the input shape: unless the channels option
+ * gives it, try the frame format's own channel count first, then the other.
+ */
+static int probe_channels_th(THModel *th_model)
+{
+    DnnContext *ctx = th_model->ctx;
+    AVFilterContext *filter_ctx = th_model->model.filter_ctx;
+    int first = 3;
+    std::vector<int64_t> shape;
+    std::string reason;
+
+    if (th_model->nb_channels)
+        return 0;
+    if (filter_ctx && filter_ctx->nb_inputs && filter_ctx->inputs[0] &&
+        format_channels_th((enum AVPixelFormat)filter_ctx->inputs[0]->format) == 1)
+        first = 1;
+    for (int c = first, i = 0; i < 2; c = 4 - c, i++) {
+        std::string why;
+        if (probe_forward_th(th_model, c, TH_PROBE_SIZE, TH_PROBE_SIZE, shape, why) >= 0) {
+            th_model->nb_channels = c;
+            av_log(ctx, AV_LOG_VERBOSE, "Probed model input: %d channels.\n", c);
+            return 0;
+        }
+        av_log(ctx, AV_LOG_DEBUG, "Probe with %d channels failed: %s\n", c, why.c_str());
+        if (c == first)
+            reason = why;
+    }
+    av_log(ctx, AV_LOG_ERROR, "The model runs neither on 1 nor on 3 input "
+           "channels; on 1x%dx%dx%d zeros: %s. Check the model, or set the "
+           "channels option.\n", first, TH_PROBE_SIZE, TH_PROBE_SIZE,
+           reason.c_str());
+    return AVERROR(EINVAL);
+}
+
+static int get_input_th(DNNModel *model, DNNData *input, const char *input_name)
+{
+    THModel *th_model = (THModel *)model;
+    int ret = probe_channels_th(th_model);
+
+    if (ret < 0)
+        return ret;
+    input->dt = DNN_FLOAT;
+    input->order = DCO_RGB;
+    input->layout = DL_NCHW;
+    input->dims[0] = 1;
+    input->dims[1] = th_model->nb_channels;
+    input->dims[2] = -1;
+    input->dims[3] = -1;
+    return 0;
+}
+
+static int get_output_th(DNNModel *model, const char *input_name,
+                         int input_width, int input_height,
+                         const char *output_name,
+                         int *output_width, int *output_height)
+{
+    THModel *th_model = (THModel *)model;
+    DnnContext *ctx = th_model->ctx;
+    std::vector<int64_t> shape;
+    std::string reason;
+    int ret = probe_channels_th(th_model);
+
+    if (ret < 0)
+        return ret;
+    ret = probe_forward_th(th_model, th_model->nb_channels, input_height,
+                           input_width, shape, reason);
+    if (ret < 0) {
+        av_log(ctx, AV_LOG_ERROR, "The model failed on a 1x%dx%dx%d input: %s\n",
+               th_model->nb_channels, input_height, input_width, reason.c_str());
+        return ret;
+    }
+    if (shape.size() != 4) {
+        av_log(ctx, AV_LOG_ERROR, "The model returned a %d-D tensor; "
+               "dnn_processing needs N x C x H x W.\n", (int)shape.size());
+        return AVERROR(EINVAL);
+    }
+    if (shape[2] <= 0 || shape[3] <= 0 || shape[2] > INT_MAX || shape[3] > INT_MAX) {
+        av_log(ctx, AV_LOG_ERROR, "The model returned an empty or oversized "
+               "output (%dx%d).\n", (int)shape[3], (int)shape[2]);
+        return AVERROR(EINVAL);
+    }
+    *output_width  = shape[3];
+    *output_height = shape[2];
+    return 0;
+}
+
+static void free_task_th(TaskItem **task)
+{
+    if ((*task)->out_frame != (*task)->in_frame)
+        av_frame_free(&(*task)->out_frame);
+    av_frame_free(&(*task)->in_frame);
+    av_freep(task);
+}
+
+static void dnn_free_model_th(DNNModel **model)
+{
+    THModel *th_model;
+
+    if (!model || !*model)
+        return;
+    th_model = (THModel *)*model;
+
+    if (th_model->request_queue) {
+        /* Callbacks return every request, failed or not: this ends. */
+        ff_dnn_wait_requests(th_model->request_queue, th_model->nb_requests);
+        while (ff_safe_queue_size(th_model->request_queue) != 0) {
+            THRequestItem *item = (THRequestItem *)ff_safe_queue_pop_front(th_model->request_queue);
+            destroy_request_item_th(&item);
+        }
+        ff_safe_queue_destroy(th_model->request_queue);
+    }
+    if (th_model->lltask_queue) {
+        while (ff_queue_size(th_model->lltask_queue) != 0) {
+            LastLevelTaskItem *lltask = (LastLevelTaskItem *)ff_queue_pop_front(th_model->lltask_queue);
+            av_freep(&lltask);
+        }
+        ff_queue_destroy(th_model->lltask_queue);
+    }
+    if (th_model->task_queue) {
+        while (ff_queue_size(th_model->task_queue) != 0) {
+            TaskItem *task = (TaskItem *)ff_queue_pop_front(th_model->task_queue);
+            free_task_th(&task);
+        }
+        ff_queue_destroy(th_model->task_queue);
+    }
+    delete th_model->jit_model;
+    delete th_model->device;
+    ff_mutex_destroy(&th_model->mutex);
+    av_freep(model);
+}
+
+static int load_jit_model_th(THModel *th_model)
+{
+    DnnContext *ctx = th_model->ctx;
+    const char *device_name = ctx->device ? ctx->device : "cpu";
+
+    try {
+        th_model->device = new torch::Device(device_name);
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_ERROR, "Invalid device '%s': %s\n", device_name,
+               error_reason(e).c_str());
+        return AVERROR(EINVAL);
+    }
+    if (th_model->device->is_cuda() && !torch::cuda::is_available()) {
+        av_log(ctx, AV_LOG_ERROR, "device=%s: LibTorch sees no CUDA device "
+               "(no GPU, or a CPU-only LibTorch). Use device=cpu.\n", device_name);
+        return AVERROR(ENODEV);
+    }
+    if (!th_model->device->is_cpu() && !th_model->device->is_cuda()) {
+        av_log(ctx, AV_LOG_ERROR, "device=%s is not supported; use cpu or cuda.\n",
+               device_name);
+        return AVERROR(ENOSYS);
+    }
+
+    try {
+        th_model->jit_model = new torch::jit::Module(
+            torch::jit::load(ctx->model_filename, *th_model->device));
+        th_model->jit_model->eval();
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_ERROR, "Could not load TorchScript model '%s': %s\n",
+               ctx->model_filename, error_reason(e).c_str());
+        return AVERROR(EINVAL);
+    }
+
+    if (ctx->torch_option.optimize == 2) {
+        try {
+            torch::jit::Module frozen = torch::jit::freeze(*th_model->jit_model);
+            *th_model->jit_model = torch::jit::optimize_for_inference(frozen);
+        } catch (const std::exception &e) {
+            av_log(ctx, AV_LOG_WARNING, "Could not freeze the model, running it "
+                   "unfrozen: %s\n", error_reason(e).c_str());
+        }
+    }
+    return 0;
+}
+
+static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
+                                   AVFilterContext *filter_ctx)
+{
+    THOptions *opts = &ctx->torch_option;
+    THModel *th_model;
+    DNNModel *model;
+    int threads;
+
+    if (func_type != DFT_PROCESS_FRAME) {
+        avpriv_report_missing_feature(ctx, "torch backend for this filter");
+        return NULL;
+    }
+    if (!ctx->model_filename) {
+        av_log(ctx, AV_LOG_ERROR, "No model given; set model=FILE.pt\n");
+        return NULL;
+    }
+
+    th_model = (THModel *)av_mallocz(sizeof(*th_model));
+    if (!th_model)
+        return NULL;
+    model = &th_model->model;
+    th_model->ctx = ctx;
+    th_model->nb_channels = opts->nb_channels;
+    ff_mutex_init(&th_model->mutex, NULL);
+    model->filter_ctx = filter_ctx;
+    model->func_type = func_type;
+    model->get_input = &get_input_th;
+    model->get_output = &get_output_th;
+
+    if (th_model->nb_channels == 2) {
+        av_log(ctx, AV_LOG_ERROR, "channels=2 is not supported; use 1 or 3.\n");
+        goto fail;
+    }
+    if (load_jit_model_th(th_model) < 0)
+        goto fail;
+
+    /* Requests in flight share the cores: one per core by default. */
+    if (ctx->nireq <= 0)
+        ctx->nireq = ctx->async ? 2 : 1;
+    th_model->nb_requests = ctx->nireq;
+    threads = opts->nb_threads;
+    if (!threads)
+        threads = FFMAX(1, av_cpu_count() / (ctx->async ? ctx->nireq : 1));
+    try {
+        at::set_num_threads(threads);
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_WARNING, "Could not set %d threads: %s\n", threads,
+               error_reason(e).c_str());
+    }
+
+    th_model->request_queue = ff_safe_queue_create();
+    th_model->task_queue = ff_queue_create();
+    th_model->lltask_queue = ff_queue_create();
+    if (!th_model->request_queue || !th_model->task_queue || !th_model->lltask_queue)
+        goto fail;
+
+    for (int i = 0; i < ctx->nireq; i++) {
+        THRequestItem *item = (THRequestItem *)av_mallocz(sizeof(*item));
+        if (!item)
+            goto fail;
+        item->th_model = th_model;
+        item->exec_module.start_inference = &th_start_inference;
+        item->exec_module.callback = &infer_completion_callback;
+        item->exec_module.args = item;
+        try {
+            item->input = new torch::Tensor();
+            item->output = new torch::Tensor();
+            item->staging = new torch::Tensor();
+        } catch (const std::exception &e) {
+            destroy_request_item_th(&item);
+            goto fail;
+        }
+        if (ff_safe_queue_push_back(th_model->request_queue, item) < 0) {
+            destroy_request_item_th(&item);
+            goto fail;
+        }
+    }
+
+    av_log(ctx, AV_LOG_VERBOSE, "LibTorch %s: model %s on %s, %d request(s), "
+           "%d thread(s), batch size %d, %s, optimize=%d\n", TORCH_VERSION,
+           ctx->model_filename, ctx->device ? ctx->device : "cpu", ctx->nireq,
+           threads, opts->batch_size, ctx->async ? "async" : "sync",
+           opts->optimize);
+    return model;
+
+fail:
+    dnn_free_model_th(&model);
+    return NULL;
+}
+
+static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_params)
+{
+    THModel *th_model = (THModel *)model;
+    DnnContext *ctx = th_model->ctx;
+    LastLevelTaskItem *lltask, *last;
+    TaskItem *task;
+    int ret;
+
+    ret = ff_check_exec_params(ctx, DNN_TH, model->func_type, exec_params);
+    if (ret != 0)
+        return ret;
+    if (!format_channels_th((enum AVPixelFormat)exec_params->in_frame->format)) {
+        av_log(ctx, AV_LOG_ERROR, "Frame format %s is not supported.\n",
+               av_get_pix_fmt_name((enum AVPixelFormat)exec_params->in_frame->format));
+        return AVERROR(ENOSYS);
+    }
+
+    task = (TaskItem *)av_malloc(sizeof(*task));
+    lltask = (LastLevelTaskItem *)av_malloc(sizeof(*lltask));
+    if (!task || !lltask) {
+        ret = AVERROR(ENOMEM);
+        goto fail;
+    }
+    ret = ff_dnn_fill_task(task, exec_params, th_model, ctx->async, 1);
+    if (ret < 0)
+        goto fail;
+    task->inference_todo = 1;
+    task->inference_done = 0;
+    lltask->task = task;
+    lltask->bbox_index = 0;
+
+    /* A batch is one tensor: send what waits before a frame of another size. */
+    last = (LastLevelTaskItem *)ff_queue_peek_back(th_model->lltask_queue);
+    if (last && (last->task->in_frame->width  != task->in_frame->width ||
+                 last->task->in_frame->height != task->in_frame->height)) {
+        ret = dispatch_th(th_model, 1);
+        if (ret < 0)
+            goto fail;
+    }
+
+    ret = ff_queue_push_back(th_model->task_queue, task);
+    if (ret < 0)
+        goto fail;
+    ret = ff_queue_push_back(th_model->lltask_queue, lltask);
+    if (ret < 0) {
+        /* The task is queued and owns the frames now; just mark it failed. */
+        av_freep(&lltask);
+        task->inference_done = task->inference_todo;
+        set_error_th(th_model, ret);
+        return 0;
+    }
+    return dispatch_th(th_model, 0);
+
+fail:
+    av_freep(&task);
+    av_freep(&lltask);
+    return ret;
+}
+
+static DNNAsyncStatusType dnn_get_result_th(const DNNModel *model, AVFrame **in, AVFrame **out)
+{
+    THModel *th_model = (THModel *)model;
+    DNNAsyncStatusType status;
+    TaskItem *task;
+
+    ff_mutex_lock(&th_model->mutex);
+    task = (TaskItem *)ff_queue_peek_front(th_model->task_queue);
+    if (th_model->error) {
+        status = DAST_FAIL;
+    } else if (!task) {
+        status = DAST_EMPTY_QUEUE;
+    } else if (task->inference_done != task->inference_todo) {
+        status = DAST_NOT_READY;
+    } else {
+        ff_queue_pop_front(th_model->task_queue);
+        *in = task->in_frame;
+        *out = task->out_frame;
+        av_freep(&task);
+        status = DAST_SUCCESS;
+    }
+    ff_mutex_unlock(&th_model->mutex);
+    return status;
+}
+
+static int dnn_flush_th(const DNNModel *model)
+{
+    return dispatch_th((THModel *)model, 1);
+}
+
+extern const DNNModule ff_dnn_backend_torch = {
+    .clazz          = DNN_DEFINE_CLASS(dnn_th),
+    .type           = DNN_TH,
+    .load_model     = dnn_load_model_th,
+    .execute_model  = dnn_execute_model_th,
+    .get_result     = dnn_get_result_th,
+    .flush          = dnn_flush_th,
+    .free_model     = dnn_free_model_th,
+};
