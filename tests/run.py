@@ -1,0 +1,453 @@
+"""The test suite behind `make check`: runs build/ours/ffmpeg on generated
+models and frames, checks it against PyTorch run directly on the same frames
+and against the pristine upstream build, and ends with `N passed, N failed`.
+
+Environment (set by the Makefile): FFMPEG, UPSTREAM_FFMPEG, MODELS, SANITIZE.
+Arguments: names (or substrings) of tests to run; --gpu runs the CUDA tests.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import models  # noqa: E402
+
+FFMPEG = os.environ["FFMPEG"]
+UPSTREAM = os.environ.get("UPSTREAM_FFMPEG", "")
+MODELS = os.environ["MODELS"]
+SANITIZE = os.environ.get("SANITIZE", "")
+TMP = tempfile.mkdtemp(prefix="dnn-torch-tests-")
+TIMEOUT = 600 if SANITIZE else 180
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+class Failure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+# --- running ffmpeg ------------------------------------------------------
+
+SANITIZER_REPORT = re.compile(r"(AddressSanitizer|LeakSanitizer|ThreadSanitizer|"
+                              r"UndefinedBehaviorSanitizer|runtime error:)")
+
+
+def run(args, binary=None, timeout=TIMEOUT):
+    """Run ffmpeg; fail on a crash, a hang or a sanitizer report."""
+    cmd = [binary or FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"] + args
+    env = dict(os.environ)
+    supp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sanitizers")
+    env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0"
+    env["LSAN_OPTIONS"] = "suppressions=%s/lsan.supp:print_suppressions=0" % supp
+    env["TSAN_OPTIONS"] = "suppressions=%s/tsan.supp:halt_on_error=0:second_deadlock_stack=1" % supp
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise Failure("hang: no exit after %d s: %s" % (timeout, " ".join(cmd)))
+    err = p.stderr.decode(errors="replace")
+    check(p.returncode >= 0, "killed by signal %d (crash): %s\n%s"
+          % (-p.returncode, " ".join(cmd), err[-2000:]))
+    check(not SANITIZER_REPORT.search(err), "sanitizer report:\n" + err[-6000:])
+    return p.returncode, p.stdout, err
+
+
+def model(name):
+    return os.path.join(MODELS, name + ".pt")
+
+
+def torch_filter(name, extra=""):
+    opts = "dnn_backend=torch:model=" + model(name)
+    return opts + (":" + extra if extra else "")
+
+
+def source(size, frames, fmt="rgb24", rate=25):
+    return ["-f", "lavfi", "-i", "testsrc2=s=%s:r=%d" % (size, rate),
+            "-frames:v", str(frames), "-vf", "format=" + fmt]
+
+
+def raw_frames(size, frames, fmt="rgb24"):
+    """The frames testsrc2 gives, as the filter will see them."""
+    rc, out, err = run(source(size, frames, fmt) + ["-f", "rawvideo", "-"])
+    check(rc == 0, "source failed: " + err)
+    return out
+
+
+def process(binary, size, frames, fmt, vf, extra_out=()):
+    args = source(size, frames, fmt)
+    args[-1] += "," + vf
+    rc, out, err = run(args + list(extra_out) + ["-f", "rawvideo", "-"], binary)
+    check(rc == 0, "ffmpeg failed (%d): %s" % (rc, err[-3000:]))
+    return out
+
+
+def as_frames(data, w, h, channels, dtype=np.uint8):
+    arr = np.frombuffer(data, dtype=dtype)
+    per = w * h * channels
+    check(arr.size % per == 0, "output size %d is not a whole number of %dx%dx%d frames"
+          % (arr.size, w, h, channels))
+    return arr.reshape(-1, h, w, channels)
+
+
+def reference(name, frames_hwc):
+    """PyTorch on the same frames: uint8 N x H x W x C -> uint8 output."""
+    m = torch.jit.load(model(name))
+    with torch.no_grad():
+        x = torch.from_numpy(frames_hwc.copy()).permute(0, 3, 1, 2).float() / 255
+        y = m(x)
+    q = (y * 255).clamp(0, 255).round().to(torch.uint8)
+    return q.permute(0, 2, 3, 1).numpy()
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def max_diff(a, b):
+    check(a.shape == b.shape, "shape %s != %s" % (a.shape, b.shape))
+    return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
+
+
+# --- basics -------------------------------------------------------------
+
+@test
+def help_lists_torch_options():
+    rc, out, err = run(["-h", "filter=dnn_processing"])
+    text = out.decode()
+    for opt in ("torch", "optimize", "channels", "threads", "batch_size", "nireq"):
+        check(opt in text, "option %s missing from -h filter=dnn_processing" % opt)
+
+
+@test
+def identity_gives_rgb24_back_bitexact():
+    src = raw_frames("96x64", 5)
+    out = process(FFMPEG, "96x64", 5, "rgb24", "dnn_processing=" + torch_filter("identity"))
+    check(out == src, "identity model changed the frames")
+
+
+def compare_to_pytorch(name, size="96x64", frames=4, fmt="rgb24", scale=1, exact=True):
+    w, h = map(int, size.split("x"))
+    src = as_frames(raw_frames(size, frames, fmt), w, h, 3)
+    out = process(FFMPEG, size, frames, fmt, "dnn_processing=" + torch_filter(name))
+    got = as_frames(out, w * scale, h * scale, 3)
+    want = reference(name, src)
+    if exact:
+        check(max_diff(got, want) == 0, "%s: not bit-exact against PyTorch (max diff %d)"
+              % (name, max_diff(got, want)))
+    else:
+        p = psnr(got, want)
+        check(p >= 50, "%s: PSNR %.1f dB against PyTorch, want >= 50" % (name, p))
+
+
+@test
+def exact_models_match_pytorch_bitexact():
+    for name in ("invert", "affine", "conv1x1"):
+        compare_to_pytorch(name)
+    compare_to_pytorch("conv1x1", fmt="bgr24")
+
+
+@test
+def conv_net_matches_pytorch():
+    compare_to_pytorch("conv3", size="160x90", exact=False)
+
+
+@test
+def upscaler_doubles_size_and_matches_pytorch():
+    compare_to_pytorch("upx2", size="80x48", scale=2, exact=False)
+
+
+@test
+def gray_model_takes_the_y_plane():
+    w, h, n = 96, 64, 3
+    for fmt in ("gray", "yuv420p", "yuv444p", "nv12"):
+        src = raw_frames("96x64", n, fmt)
+        out = process(FFMPEG, "96x64", n, fmt, "dnn_processing=" + torch_filter("gray"))
+        check(len(out) == len(src), "%s: output size %d != input %d" % (fmt, len(out), len(src)))
+        per = len(src) // n
+        for i in range(n):
+            y_in = np.frombuffer(src[i * per:i * per + w * h], np.uint8)
+            y_out = np.frombuffer(out[i * per:i * per + w * h], np.uint8)
+            check(np.array_equal(y_out, 255 - y_in), "%s: Y plane is not inverted" % fmt)
+            check(out[i * per + w * h:(i + 1) * per] == src[i * per + w * h:(i + 1) * per],
+                  "%s: chroma changed" % fmt)
+
+
+@test
+def grayf32_is_taken_as_float():
+    w, h, n = 64, 48, 2
+    src = np.frombuffer(raw_frames("64x48", n, "grayf32"), np.float32)
+    out = np.frombuffer(process(FFMPEG, "64x48", n, "grayf32",
+                                "dnn_processing=" + torch_filter("gray")), np.float32)
+    check(np.allclose(out, 1.0 - src, atol=1e-6), "grayf32: output is not 1 - input")
+
+
+@test
+def agrees_with_upstream():
+    # Upstream always claims 3 input channels, so it rejects gray and YUV.
+    check(os.path.exists(UPSTREAM), "no upstream build at " + UPSTREAM)
+    for name, fmt, size in (("conv1x1", "rgb24", "96x64"), ("affine", "bgr24", "96x64"),
+                            ("conv3", "rgb24", "96x64"), ("upx2", "rgb24", "64x48")):
+        vf = "dnn_processing=" + torch_filter(name)
+        ours = process(FFMPEG, size, 3, fmt, vf)
+        theirs = process(UPSTREAM, size, 3, fmt, vf + ":async=0")
+        a, b = np.frombuffer(ours, np.uint8), np.frombuffer(theirs, np.uint8)
+        check(a.shape == b.shape, "%s/%s: %d bytes, upstream %d" % (name, fmt, a.size, b.size))
+        check(max_diff(a, b) <= 1, "%s/%s: differs from upstream by %d" % (name, fmt, max_diff(a, b)))
+
+
+# --- bad input -----------------------------------------------------------
+
+def expect_error(vf, *words, size="64x48", frames=3, fmt="rgb24", extra=()):
+    args = source(size, frames, fmt)
+    args[-1] += "," + vf
+    rc, out, err = run(args + list(extra) + ["-f", "null", "-"])
+    check(rc != 0, "ffmpeg exited 0 on bad input (%s)" % vf)
+    for w in words:
+        check(w.lower() in err.lower(), "message lacks %r:\n%s" % (w, err[-2000:]))
+
+
+def write(name, data):
+    path = os.path.join(TMP, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+@test
+def missing_model_file():
+    expect_error("dnn_processing=dnn_backend=torch:model=/nonexistent/m.pt",
+                 "/nonexistent/m.pt", "No such file")
+
+
+@test
+def empty_model_file():
+    path = write("empty.pt", b"")
+    expect_error("dnn_processing=dnn_backend=torch:model=" + path, "Could not load", "zip")
+
+
+@test
+def truncated_model_file():
+    data = open(model("conv3"), "rb").read()
+    path = write("truncated.pt", data[:len(data) // 2])
+    expect_error("dnn_processing=dnn_backend=torch:model=" + path, "Could not load")
+
+
+@test
+def text_file_named_pt():
+    path = write("text.pt", b"this is not a model\n")
+    expect_error("dnn_processing=dnn_backend=torch:model=" + path, "Could not load", "zip")
+
+
+@test
+def model_without_model_option():
+    expect_error("dnn_processing=dnn_backend=torch", "model file")
+
+
+@test
+def forward_throws_on_channel_mismatch():
+    expect_error("dnn_processing=" + torch_filter("throws"), "4 channels")
+    expect_error("dnn_processing=" + torch_filter("throws", "channels=3"), "4 channels")
+
+
+@test
+def rgb_model_on_gray_frames():
+    expect_error("dnn_processing=" + torch_filter("conv3"), "does not match", fmt="gray")
+
+
+@test
+def wrong_output_rank():
+    expect_error("dnn_processing=" + torch_filter("ret3d"), "3-D")
+    expect_error("dnn_processing=" + torch_filter("ret5d"), "5-D")
+
+
+@test
+def output_not_a_tensor():
+    expect_error("dnn_processing=" + torch_filter("tuple"), "Tuple")
+    expect_error("dnn_processing=" + torch_filter("dict"), "Dict")
+
+
+@test
+def two_channel_output_for_rgb():
+    expect_error("dnn_processing=" + torch_filter("ret2ch"), "2 channels")
+
+
+@test
+def nan_output():
+    expect_error("dnn_processing=" + torch_filter("nan"), "NaN")
+
+
+@test
+def cuda_device_without_gpu():
+    if torch.cuda.is_available():
+        return
+    expect_error("dnn_processing=" + torch_filter("identity") + ":device=cuda", "CUDA")
+
+
+@test
+def unknown_device():
+    expect_error("dnn_processing=" + torch_filter("identity") + ":device=tpu", "device")
+
+
+@test
+def zero_frames():
+    path = write("zero.rgb", b"")
+    rc, out, err = run(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x48", "-i", path,
+                        "-vf", "dnn_processing=" + torch_filter("conv3"),
+                        "-f", "rawvideo", "-"])
+    check(out == b"", "output from zero frames")
+
+
+# --- size changes, requests and batches ------------------------------------
+
+RESIZE = "scale=w='if(lt(n,%d),64,80)':h='if(lt(n,%d),48,60)':eval=frame"
+
+
+def resized_frames(n, cut, fmt="rgb24"):
+    """Input frames with a size change at frame `cut`, and their sizes."""
+    args = source("64x48", n, fmt)
+    args[-1] += "," + RESIZE % (cut, cut)
+    rc, data, err = run(args + ["-f", "rawvideo", "-"])
+    check(rc == 0, err)
+    return data
+
+
+def split_sizes(data, n, channels=3):
+    """Split n rgb frames into the leading 64x48 ones and the 80x60 rest."""
+    small, big = 64 * 48 * channels, 80 * 60 * channels
+    cut, rest = divmod(n * big - len(data), big - small)
+    check(rest == 0 and 0 < cut < n,
+          "got %d bytes, not %d frames with one size change" % (len(data), n))
+    a = as_frames(data[:cut * small], 64, 48, channels)
+    b = as_frames(data[cut * small:], 80, 60, channels)
+    return a, b
+
+
+@test
+def frame_size_change_mid_stream():
+    n, cut = 12, 5
+    src = split_sizes(resized_frames(n, cut), n)
+    args = source("64x48", n)
+    args[-1] += "," + RESIZE % (cut, cut) + ",dnn_processing=" + torch_filter("conv1x1")
+    rc, out, err = run(args + ["-f", "rawvideo", "-"])
+    check(rc == 0, "size change failed: " + err[-2000:])
+    got = split_sizes(out, n)
+    for g, s in zip(got, src):
+        check(max_diff(g, reference("conv1x1", s)) == 0, "wrong output after the size change")
+
+
+def framemd5(vf, n, fmt="rgb24", binary=None):
+    args = source("64x48", n, fmt)
+    args[-1] += "," + RESIZE % (n // 2, n // 2) + "," + vf
+    rc, out, err = run(args + ["-f", "framemd5", "-"], binary)
+    check(rc == 0, "failed: %s\n%s" % (vf, err[-2000:]))
+    lines = [l for l in out.decode().splitlines() if not l.startswith("#")]
+    check(len(lines) == n, "%d frames out of %d (%s)" % (len(lines), n, vf))
+    return lines
+
+
+CONFIGS = ["async=0", "async=1:nireq=1", "async=1:nireq=2", "async=1:nireq=5"] + \
+    ["async=%d:batch_size=%d" % (a, b) for a in (0, 1) for b in (2, 3, 4, 8)] + \
+    ["async=1:nireq=5:batch_size=3"]
+
+
+@test
+def requests_and_batches_give_identical_frames():
+    n = 103
+    for name in ("affine", "conv1x1"):
+        base = framemd5("dnn_processing=" + torch_filter(name, "async=0:batch_size=1"), n)
+        for cfg in CONFIGS:
+            got = framemd5("dnn_processing=" + torch_filter(name, cfg), n)
+            check(got == base, "%s with %s differs from async=0" % (name, cfg))
+
+
+@test
+def batched_conv_net_within_one():
+    n, cut = 21, 10
+    src = split_sizes(resized_frames(n, cut), n)
+    for cfg in ("async=0:batch_size=4", "async=1:nireq=2:batch_size=3"):
+        args = source("64x48", n)
+        args[-1] += "," + RESIZE % (cut, cut) + ",dnn_processing=" + torch_filter("conv3", cfg)
+        rc, out, err = run(args + ["-f", "rawvideo", "-"])
+        check(rc == 0, err[-2000:])
+        for g, s in zip(split_sizes(out, n), src):
+            check(max_diff(g, reference("conv3", s)) <= 1, "%s: off by more than 1" % cfg)
+
+
+@test
+def failure_in_flight_is_an_error():
+    for cfg in ("async=1:nireq=2", "async=1:nireq=4:batch_size=4", "async=0:batch_size=3"):
+        expect_error("dnn_processing=" + torch_filter("nan", cfg), "NaN", frames=10)
+
+
+@test
+def stop_with_requests_in_flight():
+    args = source("64x48", 50)
+    args[-1] += ",dnn_processing=" + torch_filter("conv3", "async=1:nireq=4:batch_size=4")
+    rc, out, err = run(args + ["-frames:v", "7", "-f", "framemd5", "-"])
+    check(rc == 0, err[-2000:])
+    frames = [l for l in out.decode().splitlines() if not l.startswith("#")]
+    check(len(frames) == 7, "%d frames, want 7" % len(frames))
+
+
+@test
+def optimize_levels_agree():
+    base = framemd5("dnn_processing=" + torch_filter("conv1x1", "optimize=0"), 6)
+    for level in ("1", "2", "graph", "freeze"):
+        got = framemd5("dnn_processing=" + torch_filter("conv1x1", "optimize=" + level), 6)
+        check(got == base, "optimize=%s changes the output" % level)
+
+
+# --- driver ----------------------------------------------------------------
+
+def gpu_tests():
+    if not torch.cuda.is_available():
+        print("skipped: no GPU")
+        return 0
+    print("no CUDA tests yet")
+    return 0
+
+
+def main():
+    argv = sys.argv[1:]
+    if "--gpu" in argv:
+        sys.exit(gpu_tests())
+    os.makedirs(MODELS, exist_ok=True)
+    models.main(MODELS)
+    selected = [t for t in TESTS if not argv or any(a in t.__name__ for a in argv)]
+    passed = failed = 0
+    for t in selected:
+        try:
+            t()
+        except Failure as e:
+            failed += 1
+            print("FAIL %s: %s" % (t.__name__, e), flush=True)
+        except Exception:
+            failed += 1
+            print("FAIL %s:\n%s" % (t.__name__, traceback.format_exc()), flush=True)
+        else:
+            passed += 1
+            print("ok   %s" % t.__name__, flush=True)
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
