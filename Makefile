@@ -39,8 +39,10 @@ FF_CONFIG = --disable-everything --disable-autodetect --disable-doc \
     --enable-libtorch \
     --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include' \
     --extra-ldflags='-L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib' \
-    $(if $(SANITIZE),--toolchain=gcc-$(SANITIZE))
+    $(if $(SANITIZE),--toolchain=gcc-$(SAN_TOOLCHAIN_$(SANITIZE)))
 comma := ,
+SAN_TOOLCHAIN_address := asan
+SAN_TOOLCHAIN_thread  := tsan
 FF_ENV = PKG_CONFIG_PATH=$(FFNVCODEC_PC)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}
 
 .PHONY: all upstream check check-gpu demo bench series clean distclean FORCE
@@ -109,7 +111,7 @@ check-gpu: $(FFMPEG)
 	$(TEST_ENV) $(PYTHON) tests/run.py --gpu
 
 demo: $(FFMPEG)
-	FFMPEG=$(CURDIR)/$(FFMPEG) $(PYTHON) tests/demo.py $(B)/demo
+	FFMPEG=$(CURDIR)/$(FFMPEG) $(PYTHON) tools/demo.py $(B)/demo
 
 bench: $(FFMPEG) $(UPSTREAM) $(B)/bench/forward
 	FFMPEG=$(CURDIR)/$(FFMPEG) UPSTREAM_FFMPEG=$(CURDIR)/$(UPSTREAM) \
