@@ -45,7 +45,7 @@ SAN_TOOLCHAIN_address := asan
 SAN_TOOLCHAIN_thread  := tsan
 FF_ENV = PKG_CONFIG_PATH=$(FFNVCODEC_PC)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}
 
-.PHONY: all upstream check check-gpu demo bench series clean distclean FORCE
+.PHONY: all upstream check check-gpu demo bench series series-check clean distclean FORCE
 
 all: $(FFMPEG)
 
@@ -56,7 +56,7 @@ $(B)/config.mk:
 
 $(PRISTINE)/.stamp: | $(B)/config.mk
 	rm -rf $(PRISTINE)
-	tar -C $(B) -xf $(FFMPEG_TARBALL)
+	tar -C $(B) --no-same-owner -xf $(FFMPEG_TARBALL)
 	touch $@
 
 # The tree we build: pristine, with our files linked in and each patched file
@@ -114,8 +114,7 @@ demo: $(FFMPEG)
 	FFMPEG=$(CURDIR)/$(FFMPEG) $(PYTHON) tools/demo.py $(B)/demo
 
 bench: $(FFMPEG) $(UPSTREAM) $(B)/bench/forward
-	FFMPEG=$(CURDIR)/$(FFMPEG) UPSTREAM_FFMPEG=$(CURDIR)/$(UPSTREAM) \
-	FORWARD=$(CURDIR)/$(B)/bench/forward $(PYTHON) bench/bench.py $(B)/bench
+	$(TEST_ENV) FORWARD=$(CURDIR)/$(B)/bench/forward $(PYTHON) bench/bench.py $(B)/bench
 
 $(B)/bench/forward: bench/forward.cpp $(B)/config.mk
 	mkdir -p $(B)/bench
@@ -126,8 +125,21 @@ $(B)/bench/forward: bench/forward.cpp $(B)/config.mk
 series: $(PRISTINE)/.stamp
 	sh tools/make-series.sh $(PRISTINE) $(B)/series
 
+# The series applied with git am to a pristine tree, and built.
+series-check: series
+	rm -rf $(B)/series-tree $(B)/series-build
+	cp -R $(PRISTINE) $(B)/series-tree
+	cd $(B)/series-tree && git init -q && git add -A && \
+	    git -c user.name=check -c user.email=check@localhost commit -q -m pristine && \
+	    git -c user.name=check -c user.email=check@localhost am -q $(CURDIR)/$(B)/series/*.patch
+	mkdir -p $(B)/series-build
+	cd $(B)/series-build && $(FF_ENV) $(CURDIR)/$(B)/series-tree/configure $(FF_CONFIG) > configure.log 2>&1
+	$(MAKE) -C $(B)/series-build -j$(JOBS) ffmpeg > $(B)/series-build/build.log 2>&1 || \
+	    { tail -n 30 $(B)/series-build/build.log; exit 1; }
+	@echo "series: $$(ls $(B)/series | wc -l) patches apply with git am and build"
+
 clean:
-	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/series $(B)/demo $(B)/bench $(B)/models
+	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/series $(B)/series-* $(B)/demo $(B)/bench $(B)/models
 
 distclean:
 	rm -rf $(B)

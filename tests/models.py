@@ -60,9 +60,9 @@ class Conv3(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
-        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
-        self.c3 = nn.Conv2d(16, 3, 3, padding=1)
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 3, 3, padding=1)
 
     def forward(self, x):
         y = F.relu(self.c1(x))
@@ -75,8 +75,8 @@ class UpscaleX2(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
-        self.c2 = nn.Conv2d(16, 12, 3, padding=1)
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 12, 3, padding=1)
 
     def forward(self, x):
         base = F.interpolate(x, scale_factor=2.0, mode="bilinear",

@@ -415,6 +415,19 @@ def optimize_levels_agree():
         check(got == base, "optimize=%s changes the output" % level)
 
 
+@test
+def series_applies_with_git_am_and_builds():
+    if SANITIZE:
+        return
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        p = subprocess.run(["make", "-C", top, "series-check"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=1800)
+    except subprocess.TimeoutExpired:
+        raise Failure("make series-check did not finish in 30 minutes")
+    check(p.returncode == 0, "make series-check failed:\n" + p.stdout.decode()[-3000:])
+
+
 # --- driver ----------------------------------------------------------------
 
 def gpu_tests():

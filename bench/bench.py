@@ -1,0 +1,126 @@
+"""make bench: ours against pristine upstream against the bare forward() of
+the same model, on the CPU, as ratios from one run.
+
+    python bench/bench.py OUTDIR    (FFMPEG, UPSTREAM_FFMPEG, FORWARD, MODELS)
+
+Frames per second are taken from ffmpeg's own progress reports, between the
+10th frame and the last, so that loading the model does not count.  Peak RSS
+is the process's maximum resident set (wait4).  Writes OUTDIR/results.json.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import models  # noqa: E402
+
+FFMPEG = os.environ["FFMPEG"]
+UPSTREAM = os.environ["UPSTREAM_FFMPEG"]
+FORWARD = os.environ["FORWARD"]
+MODELS = os.environ["MODELS"]
+FRAMES = int(os.environ.get("BENCH_FRAMES", "200"))
+THREADS = os.cpu_count()
+
+CASES = [
+    ("conv3-640x360", "conv3", 640, 360),
+    ("affine-1920x1080", "affine", 1920, 1080),
+    ("upx2-960x540", "upx2", 960, 540),
+]
+UPSTREAM_CONFIGS = ["async=0", "async=1"]
+OURS_CONFIGS = ["", "async=0", "async=1:nireq=1", "async=1:nireq=2", "async=1:nireq=4",
+                "batch_size=2", "batch_size=4", "async=1:nireq=4:batch_size=4"]
+# The graph executor setting our default (optimize=0) uses, for the limit.
+OURS_OPTIMIZE = 0
+
+
+def run_ffmpeg(binary, model, w, h, config):
+    vf = "format=rgb24,dnn_processing=dnn_backend=torch:model=" + model
+    if config:
+        vf += ":" + config
+    # One frame, repeated: the source costs nothing next to the filter.
+    src = "testsrc2=s=%dx%d:r=25,trim=end_frame=1,loop=loop=-1:size=1" % (w, h)
+    cmd = [binary, "-nostdin", "-hide_banner", "-loglevel", "error",
+           "-f", "lavfi", "-i", src, "-vf", vf, "-frames:v", str(FRAMES),
+           "-progress", "pipe:1", "-stats_period", "0.05", "-f", "null", "-"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = last = None
+    for line in p.stdout:
+        line = line.decode().strip()
+        if line.startswith("frame="):
+            n, t = int(line[6:]), time.monotonic()
+            if first is None and n >= 10:
+                first = (n, t)
+            last = (n, t)
+    err = p.stderr.read().decode()
+    _, status, usage = os.wait4(p.pid, 0)
+    if status != 0 or not first or last[0] != FRAMES or last[1] <= first[1]:
+        print("  failed: %s\n%s" % (" ".join(cmd), err[-1500:]), file=sys.stderr)
+        return None, None
+    return (last[0] - first[0]) / (last[1] - first[1]), usage.ru_maxrss
+
+
+def run_forward(model, w, h, batch):
+    iterations = max(3, FRAMES // (4 * batch))
+    out = subprocess.run([FORWARD, model, "3", str(h), str(w), str(batch), str(THREADS),
+                          str(OURS_OPTIMIZE), str(iterations)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    return float(out.stdout.decode().strip().split("=")[1])
+
+
+def main(outdir):
+    os.makedirs(outdir, exist_ok=True)
+    os.makedirs(MODELS, exist_ok=True)
+    models.main(MODELS)
+    results = []
+    print("LibTorch CPU, %d threads, %d frames per run" % (THREADS, FRAMES))
+    for case, name, w, h in CASES:
+        model = os.path.join(MODELS, name + ".pt")
+        rows = []
+        for impl, binary, configs in (("upstream", UPSTREAM, UPSTREAM_CONFIGS),
+                                      ("ours", FFMPEG, OURS_CONFIGS)):
+            for config in configs:
+                fps, rss = run_ffmpeg(binary, model, w, h, config)
+                if fps is not None:
+                    rows.append({"case": case, "impl": impl, "config": config or "default",
+                                 "fps": round(fps, 2), "peak_rss_kb": rss})
+        for batch in (1, 4):
+            rows.append({"case": case, "impl": "forward",
+                         "config": "batch=%d:threads=%d:optimize=%d" % (batch, THREADS, OURS_OPTIMIZE),
+                         "fps": round(run_forward(model, w, h, batch), 2), "peak_rss_kb": None})
+        results += rows
+        report(case, rows)
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print("wrote %s" % os.path.join(outdir, "results.json"))
+
+
+def report(case, rows):
+    def fps(impl, config):
+        for r in rows:
+            if r["impl"] == impl and r["config"] == config:
+                return r["fps"]
+        return None
+
+    ours = [r for r in rows if r["impl"] == "ours"]
+    best = max(ours, key=lambda r: r["fps"]) if ours else None
+    up0, up1, fwd = fps("upstream", "async=0"), fps("upstream", "async=1"), \
+        fps("forward", "batch=1:threads=%d:optimize=%d" % (THREADS, OURS_OPTIMIZE))
+    print("\n%s" % case)
+    print("  %-9s %-30s %8s %10s" % ("impl", "config", "fps", "peak MiB"))
+    for r in rows:
+        rss = "%10.0f" % (r["peak_rss_kb"] / 1024) if r["peak_rss_kb"] else "%10s" % "-"
+        print("  %-9s %-30s %8.2f %s" % (r["impl"], r["config"], r["fps"], rss))
+    if best and up0 and up1 and fwd:
+        print("  best ours (%s): %.2fx upstream async=0, %.2fx upstream async=1, "
+              "%.2fx bare forward" % (best["config"], best["fps"] / up0, best["fps"] / up1,
+                                      best["fps"] / fwd))
+        d1, d0 = fps("ours", "default"), fps("ours", "async=0")
+        if d1 and d0:
+            print("  ours default / ours async=0: %.2fx" % (d1 / d0))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
