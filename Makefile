@@ -79,12 +79,14 @@ TREE := $(SRC)/.stamp $(addprefix $(SRC)/,$(OUR_FILES) $(PATCHED))
 
 # --- builds -------------------------------------------------------------------
 
-$(OBJ)/ffbuild/config.mak: $(TREE) $(B)/config.mk
+# FFmpeg's configure runs once per tree; edits to our files and diffs only
+# rebuild what depends on them.
+$(OBJ)/ffbuild/config.mak: $(SRC)/.stamp $(B)/config.mk
 	mkdir -p $(OBJ)
 	cd $(OBJ) && $(FF_ENV) $(CURDIR)/$(SRC)/configure $(FF_CONFIG) > configure.log 2>&1 || \
 	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(OBJ)/configure.log"; exit 1; }
 
-$(FFMPEG): $(OBJ)/ffbuild/config.mak FORCE
+$(FFMPEG): $(OBJ)/ffbuild/config.mak $(TREE) FORCE
 	$(MAKE) -C $(OBJ) -j$(JOBS) ffmpeg
 
 upstream: $(UPSTREAM)

@@ -28,6 +28,7 @@
  * reaches the filter as an error, never as an exception or an abort.
  */
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -169,14 +170,18 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
                                       frame->height, frame->width,
                                       channels, type);
 
-    dst.copy_(src.permute({ 2, 0, 1 }));
     if (type == torch::kUInt8)
-        dst.div_(255.0);
+        torch::div_out(dst, src.permute({ 2, 0, 1 }), 255.0);
+    else
+        dst.copy_(src.permute({ 2, 0, 1 }));
 }
 
-/** Write src, a C x H x W float tensor, into the frame. */
-static void tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
-                               torch::Tensor &staging)
+/**
+ * Write src, a C x H x W float tensor, into the frame.
+ * @return 1 if src holds NaN (the frame is then left as it was), 0 otherwise
+ */
+static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
+                              torch::Tensor &staging)
 {
     enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
     int channels = format_channels_th(fmt);
@@ -187,14 +192,20 @@ static void tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
                                       channels, type);
 
     if (type == torch::kFloat32) {
+        if (std::isnan(src.max().item<float>()))
+            return 1;
         dst.copy_(src.permute({ 1, 2, 0 }));
-        return;
+        return 0;
     }
     if (!staging.defined() || staging.sizes() != src.sizes())
         staging = torch::empty(src.sizes(), src.options());
     torch::mul_out(staging, src, 255.0);
     staging.clamp_(0.0, 255.0).round_();
+    /* clamp and round keep NaN; the maximum finds it in one reduction. */
+    if (std::isnan(staging.max().item<float>()))
+        return 1;
     dst.copy_(staging.permute({ 1, 2, 0 }));
+    return 0;
 }
 
 /* -------------------------------------------------------------------------
@@ -315,12 +326,11 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out)
             return ret;
     }
     try {
-        if (torch::isnan(result).any().item<bool>()) {
+        if (tensor_to_frame_th(result, out, *request->staging)) {
             av_log(ctx, AV_LOG_ERROR, "The model returned NaN; check its "
                    "weights and that it expects input in [0, 1].\n");
             return AVERROR(EINVAL);
         }
-        tensor_to_frame_th(result, out, *request->staging);
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "Could not write the model's output: %s\n",
                error_reason(e).c_str());
