@@ -56,10 +56,11 @@ def run_ffmpeg(binary, model, w, h, config):
             last = (n, t)
     err = p.stderr.read().decode()
     _, status, usage = os.wait4(p.pid, 0)
+    if os.WIFSIGNALED(status):
+        return None, usage.ru_maxrss, "killed by signal %d" % os.WTERMSIG(status)
     if status != 0 or not first or last[0] != FRAMES or last[1] <= first[1]:
-        print("  failed: %s\n%s" % (" ".join(cmd), err[-1500:]), file=sys.stderr)
-        return None, None
-    return (last[0] - first[0]) / (last[1] - first[1]), usage.ru_maxrss
+        return None, usage.ru_maxrss, "failed: " + (err.strip().splitlines() or ["?"])[-1]
+    return (last[0] - first[0]) / (last[1] - first[1]), usage.ru_maxrss, None
 
 
 def run_forward(model, w, h, batch):
@@ -82,10 +83,12 @@ def main(outdir):
         for impl, binary, configs in (("upstream", UPSTREAM, UPSTREAM_CONFIGS),
                                       ("ours", FFMPEG, OURS_CONFIGS)):
             for config in configs:
-                fps, rss = run_ffmpeg(binary, model, w, h, config)
-                if fps is not None:
-                    rows.append({"case": case, "impl": impl, "config": config or "default",
-                                 "fps": round(fps, 2), "peak_rss_kb": rss})
+                fps, rss, error = run_ffmpeg(binary, model, w, h, config)
+                row = {"case": case, "impl": impl, "config": config or "default",
+                       "fps": round(fps, 2) if fps else None, "peak_rss_kb": rss}
+                if error:
+                    row["error"] = error
+                rows.append(row)
         for batch in (1, 4):
             rows.append({"case": case, "impl": "forward",
                          "config": "batch=%d:threads=%d:optimize=%d" % (batch, THREADS, OURS_OPTIMIZE),
@@ -104,7 +107,7 @@ def report(case, rows):
                 return r["fps"]
         return None
 
-    ours = [r for r in rows if r["impl"] == "ours"]
+    ours = [r for r in rows if r["impl"] == "ours" and r["fps"]]
     best = max(ours, key=lambda r: r["fps"]) if ours else None
     up0, up1, fwd = fps("upstream", "async=0"), fps("upstream", "async=1"), \
         fps("forward", "batch=1:threads=%d:optimize=%d" % (THREADS, OURS_OPTIMIZE))
@@ -112,10 +115,12 @@ def report(case, rows):
     print("  %-9s %-30s %8s %10s" % ("impl", "config", "fps", "peak MiB"))
     for r in rows:
         rss = "%10.0f" % (r["peak_rss_kb"] / 1024) if r["peak_rss_kb"] else "%10s" % "-"
-        print("  %-9s %-30s %8.2f %s" % (r["impl"], r["config"], r["fps"], rss))
-    if best and up0 and up1 and fwd:
-        print("  best ours (%s): %.2fx upstream async=0, %.2fx upstream async=1, "
-              "%.2fx bare forward" % (best["config"], best["fps"] / up0, best["fps"] / up1,
+        speed = "%8.2f" % r["fps"] if r["fps"] else "%8s" % "-"
+        print("  %-9s %-30s %s %s %s" % (r["impl"], r["config"], speed, rss, r.get("error", "")))
+    if best and up0 and fwd:
+        print("  best ours (%s): %.2fx upstream async=0, %s upstream async=1, "
+              "%.2fx bare forward" % (best["config"], best["fps"] / up0,
+                                      "%.2fx" % (best["fps"] / up1) if up1 else "n/a (it failed)",
                                       best["fps"] / fwd))
         d1, d0 = fps("ours", "default"), fps("ours", "async=0")
         if d1 and d0:

@@ -159,6 +159,22 @@ static int format_channels_th(enum AVPixelFormat fmt)
     }
 }
 
+/**
+ * Copy between a C x H x W tensor and an H x W x C plane, one channel at a
+ * time: a copy through permute() iterates over the 3 channels innermost and
+ * runs at half the speed here.
+ */
+static void copy_channels_th(const torch::Tensor &planar, const torch::Tensor &packed,
+                             int to_packed)
+{
+    for (int64_t c = 0; c < planar.size(0); c++) {
+        if (to_packed)
+            packed.select(2, c).copy_(planar[c]);
+        else
+            planar[c].copy_(packed.select(2, c));
+    }
+}
+
 /** Fill dst, a C x H x W float tensor, from the frame. */
 static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
 {
@@ -170,10 +186,9 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
                                       frame->height, frame->width,
                                       channels, type);
 
+    copy_channels_th(dst, src, 0);
     if (type == torch::kUInt8)
-        torch::div_out(dst, src.permute({ 2, 0, 1 }), 255.0);
-    else
-        dst.copy_(src.permute({ 2, 0, 1 }));
+        dst.div_(255.0);
 }
 
 /**
@@ -194,7 +209,7 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
     if (type == torch::kFloat32) {
         if (std::isnan(src.max().item<float>()))
             return 1;
-        dst.copy_(src.permute({ 1, 2, 0 }));
+        copy_channels_th(src, dst, 1);
         return 0;
     }
     if (!staging.defined() || staging.sizes() != src.sizes())
@@ -204,7 +219,7 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
     /* clamp and round keep NaN; the maximum finds it in one reduction. */
     if (std::isnan(staging.max().item<float>()))
         return 1;
-    dst.copy_(staging.permute({ 1, 2, 0 }));
+    copy_channels_th(staging, dst, 1);
     return 0;
 }
 
