@@ -83,6 +83,8 @@ typedef struct THRequestItem {
     torch::Tensor *staging;
     /** Set by th_start_inference(), read by the completion callback. */
     int status;
+    /** exec_module has a thread to join. */
+    int thread_started;
     DNNAsyncExecModule exec_module;
 } THRequestItem;
 
@@ -233,7 +235,8 @@ static void destroy_request_item_th(THRequestItem **arg)
 
     if (!item)
         return;
-    ff_dnn_async_module_cleanup(&item->exec_module);
+    if (item->thread_started)
+        ff_dnn_async_module_cleanup(&item->exec_module);
     for (int i = 0; i < item->nb_lltasks; i++)
         av_freep(&item->lltasks[i]);
     delete item->input;
@@ -417,6 +420,8 @@ static int start_request_th(THModel *th_model, THRequestItem *request, int nb)
         if (ret < 0) {
             request->status = ret;
             infer_completion_callback(request);
+        } else {
+            request->thread_started = 1;
         }
         return 0;
     }
