@@ -83,8 +83,6 @@ typedef struct THRequestItem {
     torch::Tensor *staging;
     /** Set by th_start_inference(), read by the completion callback. */
     int status;
-    /** exec_module has a thread to join. */
-    int thread_started;
     DNNAsyncExecModule exec_module;
 } THRequestItem;
 
@@ -235,8 +233,7 @@ static void destroy_request_item_th(THRequestItem **arg)
 
     if (!item)
         return;
-    if (item->thread_started)
-        ff_dnn_async_module_cleanup(&item->exec_module);
+    ff_dnn_async_module_cleanup(&item->exec_module);
     for (int i = 0; i < item->nb_lltasks; i++)
         av_freep(&item->lltasks[i]);
     delete item->input;
@@ -376,6 +373,8 @@ static void infer_completion_callback(void *args)
         av_freep(&request->lltasks[i]);
     }
     request->nb_lltasks = 0;
+    /* An idle request keeps its input tensor, not the model's last output. */
+    request->output->reset();
 
     if (ff_safe_queue_push_back(th_model->request_queue, request) < 0) {
         av_log(th_model->ctx, AV_LOG_ERROR, "Could not return a request to the pool.\n");
@@ -420,8 +419,6 @@ static int start_request_th(THModel *th_model, THRequestItem *request, int nb)
         if (ret < 0) {
             request->status = ret;
             infer_completion_callback(request);
-        } else {
-            request->thread_started = 1;
         }
         return 0;
     }
