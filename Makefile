@@ -18,7 +18,8 @@ JOBS     ?= $(shell nproc)
 
 # Files of ours that replace or extend the upstream tree, and one diff per
 # upstream file we change (patches/<path>.diff).
-OUR_FILES := libavfilter/dnn/dnn_backend_torch.cpp
+OUR_FILES := libavfilter/dnn/dnn_backend_torch.cpp tests/fate/dnn-torch.mak \
+             tests/ref/fate/dnn-torch-rgb24 tests/ref/fate/dnn-torch-yuv420p
 PATCHES   := $(shell find patches -name '*.diff' 2>/dev/null | sort)
 PATCHED   := $(patsubst patches/%.diff,%,$(PATCHES))
 

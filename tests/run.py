@@ -416,6 +416,24 @@ def optimize_levels_agree():
 
 
 @test
+def fate_tests_pass_against_pytorch_references():
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    samples, refs = os.path.join(TMP, "fate-suite"), os.path.join(TMP, "fate-ref")
+    env = dict(os.environ, FFMPEG=UPSTREAM if os.path.exists(UPSTREAM) else FFMPEG)
+    subprocess.run([sys.executable, os.path.join(top, "tests", "fate_refs.py"), samples, refs],
+                   env=env, check=True)
+    for name in os.listdir(refs):
+        with open(os.path.join(refs, name)) as a, \
+                open(os.path.join(top, "tests", "ref", "fate", name)) as b:
+            check(a.read() == b.read(), "tests/ref/fate/%s is not PyTorch's output; "
+                  "regenerate it with tests/fate_refs.py" % name)
+    build = os.path.dirname(FFMPEG)
+    p = subprocess.run(["make", "-C", build, "fate-dnn-torch", "SAMPLES=" + samples],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT * 3)
+    check(p.returncode == 0, "make fate-dnn-torch failed:\n" + p.stdout.decode()[-3000:])
+
+
+@test
 def series_applies_with_git_am_and_builds():
     if SANITIZE:
         return
