@@ -49,17 +49,21 @@ SANITIZER_REPORT = re.compile(r"(AddressSanitizer|LeakSanitizer|ThreadSanitizer|
                               r"UndefinedBehaviorSanitizer|runtime error:)")
 
 
-def run(args, binary=None, timeout=TIMEOUT):
-    """Run ffmpeg; fail on a crash, a hang or a sanitizer report."""
-    cmd = [binary or FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"] + args
+def sanitizer_env():
     env = dict(os.environ)
     supp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sanitizers")
     env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0"
     env["LSAN_OPTIONS"] = "suppressions=%s/lsan.supp:print_suppressions=0" % supp
     env["TSAN_OPTIONS"] = "suppressions=%s/tsan.supp:halt_on_error=0:second_deadlock_stack=1" % supp
+    return env
+
+
+def run(args, binary=None, timeout=TIMEOUT):
+    """Run ffmpeg; fail on a crash, a hang or a sanitizer report."""
+    cmd = [binary or FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"] + args
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=timeout, env=env)
+                           timeout=timeout, env=sanitizer_env())
     except subprocess.TimeoutExpired:
         raise Failure("hang: no exit after %d s: %s" % (timeout, " ".join(cmd)))
     err = p.stderr.decode(errors="replace")
@@ -405,6 +409,25 @@ def stop_with_requests_in_flight():
     check(rc == 0, err[-2000:])
     frames = [l for l in out.decode().splitlines() if not l.startswith("#")]
     check(len(frames) == 7, "%d frames, want 7" % len(frames))
+
+
+@test
+def broken_pipe_with_requests_in_flight():
+    args = source("320x240", 200)
+    args[-1] += ",dnn_processing=" + torch_filter("conv3", "async=1:nireq=4:batch_size=4")
+    p = subprocess.Popen([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"] + args +
+                         ["-f", "rawvideo", "-"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=sanitizer_env())
+    p.stdout.read(320 * 240 * 3 * 5)
+    p.stdout.close()
+    try:
+        err = p.stderr.read().decode(errors="replace")
+        rc = p.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise Failure("hang after the reader went away")
+    check(rc > 0, "exit status %d after a broken pipe, want an error" % rc)
+    check(not SANITIZER_REPORT.search(err), "sanitizer report:\n" + err[-6000:])
 
 
 @test
