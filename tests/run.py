@@ -421,8 +421,9 @@ def broken_pipe_with_requests_in_flight():
     p.stdout.read(320 * 240 * 3 * 5)
     p.stdout.close()
     try:
-        err = p.stderr.read().decode(errors="replace")
+        # -loglevel error keeps stderr far below a pipe's buffer: wait first.
         rc = p.wait(timeout=TIMEOUT)
+        err = p.stderr.read().decode(errors="replace")
     except subprocess.TimeoutExpired:
         p.kill()
         raise Failure("hang after the reader went away")
