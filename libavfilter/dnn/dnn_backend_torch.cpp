@@ -251,7 +251,7 @@ static void set_error_th(THModel *th_model, int err)
 }
 
 /**
- * Run the model on the request's batch.  Always returns 0: a failure is
+ * Fill the request's batch and run the model on it.  Always returns 0: a failure is
  * kept in request->status for the completion callback, so that the request
  * goes back to the pool on every path.
  */
@@ -263,6 +263,25 @@ static int th_start_inference(void *args)
     int64_t batch = request->nb_lltasks;
 
     request->status = 0;
+    /* The batch is filled here, on the thread that runs the model, so that
+     * all LibTorch work of a request shares one OpenMP team. */
+    try {
+        const AVFrame *first = request->lltasks[0]->task->in_frame;
+        std::vector<int64_t> shape = { batch, th_model->nb_channels,
+                                       first->height, first->width };
+        if (!request->input->defined() || request->input->sizes() != shape)
+            *request->input = torch::empty(shape, torch::kFloat32);
+        for (int i = 0; i < batch; i++) {
+            torch::Tensor slot = (*request->input)[i];
+            frame_to_tensor_th(request->lltasks[i]->task->in_frame, slot);
+        }
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_ERROR, "Could not convert the frame to a tensor: %s\n",
+               error_reason(e).c_str());
+        request->status = AVERROR_EXTERNAL;
+        return 0;
+    }
+
     try {
         c10::InferenceMode guard;
         torch::jit::setGraphExecutorOptimize(ctx->torch_option.optimize == 1);
@@ -384,8 +403,8 @@ static void infer_completion_callback(void *args)
 }
 
 /**
- * Take nb lltasks (all of one frame size) from the queue into the request,
- * fill its batch tensor and run it, inline or on the request's thread.
+ * Take nb lltasks (all of one frame size) from the queue into the request
+ * and run it, inline or on the request's thread.
  */
 static int start_request_th(THModel *th_model, THRequestItem *request, int nb)
 {
@@ -395,24 +414,6 @@ static int start_request_th(THModel *th_model, THRequestItem *request, int nb)
     for (int i = 0; i < nb; i++)
         request->lltasks[i] = (LastLevelTaskItem *)ff_queue_pop_front(th_model->lltask_queue);
     request->nb_lltasks = nb;
-
-    try {
-        const AVFrame *first = request->lltasks[0]->task->in_frame;
-        std::vector<int64_t> shape = { nb, th_model->nb_channels,
-                                       first->height, first->width };
-        if (!request->input->defined() || request->input->sizes() != shape)
-            *request->input = torch::empty(shape, torch::kFloat32);
-        for (int i = 0; i < nb; i++) {
-            torch::Tensor slot = (*request->input)[i];
-            frame_to_tensor_th(request->lltasks[i]->task->in_frame, slot);
-        }
-    } catch (const std::exception &e) {
-        av_log(ctx, AV_LOG_ERROR, "Could not convert the frame to a tensor: %s\n",
-               error_reason(e).c_str());
-        request->status = AVERROR_EXTERNAL;
-        infer_completion_callback(request);
-        return 0;
-    }
 
     if (ctx->async) {
         ret = ff_dnn_start_inference_async(ctx, &request->exec_module);
