@@ -128,18 +128,23 @@ $(B)/bench/forward: bench/forward.cpp $(B)/config.mk
 series: $(PRISTINE)/.stamp
 	sh tools/make-series.sh $(PRISTINE) $(B)/series
 
-# The series applied with git am to a pristine tree, and built.
+# The series applied with git am to a pristine tree, and each of its commits
+# built in turn (incrementally), so that every commit builds on its own.
+GIT_CHECK = git -c user.name=check -c user.email=check@localhost
 series-check: series
 	rm -rf $(B)/series-tree $(B)/series-build
 	cp -R $(PRISTINE) $(B)/series-tree
 	cd $(B)/series-tree && git init -q && git add -A && \
-	    git -c user.name=check -c user.email=check@localhost commit -q -m pristine && \
-	    git -c user.name=check -c user.email=check@localhost am -q $(CURDIR)/$(B)/series/*.patch
+	    $(GIT_CHECK) commit -q -m pristine && \
+	    $(GIT_CHECK) am -q $(CURDIR)/$(B)/series/*.patch
 	mkdir -p $(B)/series-build
 	cd $(B)/series-build && $(FF_ENV) $(CURDIR)/$(B)/series-tree/configure $(FF_CONFIG) > configure.log 2>&1
-	$(MAKE) -C $(B)/series-build -j$(JOBS) ffmpeg > $(B)/series-build/build.log 2>&1 || \
-	    { tail -n 30 $(B)/series-build/build.log; exit 1; }
-	@echo "series: $$(ls $(B)/series | wc -l) patches apply with git am and build"
+	cd $(B)/series-tree && for c in $$(git rev-list --reverse HEAD~$$(ls $(CURDIR)/$(B)/series | wc -l)..HEAD); do \
+	    git checkout -q $$c && \
+	    $(MAKE) -C $(CURDIR)/$(B)/series-build -j$(JOBS) ffmpeg > $(CURDIR)/$(B)/series-build/build.log 2>&1 || \
+	    { tail -n 30 $(CURDIR)/$(B)/series-build/build.log; echo "series: $$(git log -1 --format=%s) does not build"; exit 1; }; \
+	done
+	@echo "series: $$(ls $(B)/series | wc -l) patches apply with git am, and each commit builds"
 
 clean:
 	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/series $(B)/series-* $(B)/demo $(B)/bench $(B)/models

@@ -458,7 +458,7 @@ def fate_tests_pass_against_pytorch_references():
 
 
 @test
-def series_applies_with_git_am_and_builds():
+def series_applies_with_git_am_and_each_commit_builds():
     if SANITIZE:
         return
     top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
