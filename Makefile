@@ -37,6 +37,7 @@ FF_CONFIG = --disable-everything --disable-autodetect --disable-doc \
     --enable-decoder=rawvideo,png,wrapped_avframe --enable-parser=png \
     --enable-protocol=file,pipe --enable-zlib \
     $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda) \
+    $(if $(filter no,$(X86ASM)),--disable-x86asm) \
     --enable-libtorch \
     --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include' \
     --extra-ldflags='-L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib' \
