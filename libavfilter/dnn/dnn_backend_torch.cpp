@@ -406,34 +406,33 @@ static void infer_completion_callback(void *args)
  * Take nb lltasks (all of one frame size) from the queue into the request
  * and run it, inline or on the request's thread.
  */
-static int start_request_th(THModel *th_model, THRequestItem *request, int nb)
+static void start_request_th(THModel *th_model, THRequestItem *request, int nb)
 {
     DnnContext *ctx = th_model->ctx;
-    int ret;
 
     for (int i = 0; i < nb; i++)
         request->lltasks[i] = (LastLevelTaskItem *)ff_queue_pop_front(th_model->lltask_queue);
     request->nb_lltasks = nb;
 
     if (ctx->async) {
-        ret = ff_dnn_start_inference_async(ctx, &request->exec_module);
+        int ret = ff_dnn_start_inference_async(ctx, &request->exec_module);
         if (ret < 0) {
             request->status = ret;
             infer_completion_callback(request);
         }
-        return 0;
+        return;
     }
     th_start_inference(request);
     infer_completion_callback(request);
-    return 0;
 }
 
 /**
  * Send queued frames to requests: full batches, and with flush the partial
  * one.  The lltask queue only ever holds frames of one size (see
- * dnn_execute_model_th), so every batch is one tensor.
+ * dnn_execute_model_th), so every batch is one tensor.  Failures reach the
+ * filter through get_result, with their tasks.
  */
-static int dispatch_th(THModel *th_model, int flush)
+static void dispatch_th(THModel *th_model, int flush)
 {
     int batch_size = th_model->ctx->torch_option.batch_size;
 
@@ -442,11 +441,8 @@ static int dispatch_th(THModel *th_model, int flush)
         int nb = FFMIN(ff_queue_size(th_model->lltask_queue), (size_t)batch_size);
         /* Blocks until a request is back in the pool. */
         THRequestItem *request = (THRequestItem *)ff_safe_queue_pop_front(th_model->request_queue);
-        int ret = start_request_th(th_model, request, nb);
-        if (ret < 0)
-            return ret;
+        start_request_th(th_model, request, nb);
     }
-    return 0;
 }
 
 /* -------------------------------------------------------------------------
@@ -779,11 +775,8 @@ static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_p
     /* A batch is one tensor: send what waits before a frame of another size. */
     last = (LastLevelTaskItem *)ff_queue_peek_back(th_model->lltask_queue);
     if (last && (last->task->in_frame->width  != task->in_frame->width ||
-                 last->task->in_frame->height != task->in_frame->height)) {
-        ret = dispatch_th(th_model, 1);
-        if (ret < 0)
-            goto fail;
-    }
+                 last->task->in_frame->height != task->in_frame->height))
+        dispatch_th(th_model, 1);
 
     ret = ff_queue_push_back(th_model->task_queue, task);
     if (ret < 0)
@@ -796,7 +789,8 @@ static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_p
         set_error_th(th_model, ret);
         return 0;
     }
-    return dispatch_th(th_model, 0);
+    dispatch_th(th_model, 0);
+    return 0;
 
 fail:
     av_freep(&task);
@@ -831,7 +825,8 @@ static DNNAsyncStatusType dnn_get_result_th(const DNNModel *model, AVFrame **in,
 
 static int dnn_flush_th(const DNNModel *model)
 {
-    return dispatch_th((THModel *)model, 1);
+    dispatch_th((THModel *)model, 1);
+    return 0;
 }
 
 extern const DNNModule ff_dnn_backend_torch = {
