@@ -132,12 +132,16 @@ series: $(PRISTINE)/.stamp
 # The series applied with git am to a pristine tree, and each of its commits
 # built in turn (incrementally), so that every commit builds on its own.
 GIT_CHECK = git -c user.name=check -c user.email=check@localhost
-series-check: series
+series-check: series $(TREE)
 	rm -rf $(B)/series-tree $(B)/series-build
 	cp -R $(PRISTINE) $(B)/series-tree
 	cd $(B)/series-tree && git init -q && git add -A && \
 	    $(GIT_CHECK) commit -q -m pristine && \
 	    $(GIT_CHECK) am -q $(CURDIR)/$(B)/series/*.patch
+	@for f in $(OUR_FILES) $(PATCHED); do \
+	    cmp -s $(B)/series-tree/$$f $(SRC)/$$f || \
+	    { echo "series: $$f differs from the tree that make builds; add it to the series file"; exit 1; }; \
+	done
 	mkdir -p $(B)/series-build
 	cd $(B)/series-build && $(FF_ENV) $(CURDIR)/$(B)/series-tree/configure $(FF_CONFIG) > configure.log 2>&1
 	cd $(B)/series-tree && for c in $$(git rev-list --reverse HEAD~$$(ls $(CURDIR)/$(B)/series | wc -l)..HEAD); do \

@@ -156,6 +156,124 @@ class Returns5D(nn.Module):
         return x.unsqueeze(0)
 
 
+# Detectors and classifiers whose answers follow from the picture itself.
+
+def bright_box(x: torch.Tensor, mask: torch.Tensor):
+    """The box around the true pixels of mask (B x H x W), in input pixels,
+    as x0, y0, x1, y1 columns of a B x 4 tensor, and whether there is one."""
+    h, w = mask.shape[1], mask.shape[2]
+    rows, cols = mask.any(2), mask.any(1)
+    ry = torch.arange(h, device=x.device).unsqueeze(0)
+    rx = torch.arange(w, device=x.device).unsqueeze(0)
+    y0 = torch.where(rows, ry, torch.full_like(ry, h)).min(1).values
+    y1 = torch.where(rows, ry, torch.full_like(ry, -1)).max(1).values + 1
+    x0 = torch.where(cols, rx, torch.full_like(rx, w)).min(1).values
+    x1 = torch.where(cols, rx, torch.full_like(rx, -1)).max(1).values + 1
+    return torch.stack([x0, y0, x1, y1], 1).to(x.dtype), rows.any(1)
+
+
+class DetectSSD(nn.Module):
+    """The bright region as one SSD row: [B, 1, 1, 7], normalised, label 1."""
+
+    def forward(self, x):
+        box, _ = bright_box(x, x.mean(1) > 0.5)
+        h, w = float(x.shape[2]), float(x.shape[3])
+        b = x.shape[0]
+        head = torch.tensor([0.0, 1.0, 0.9], dtype=x.dtype).expand(b, 3)
+        norm = box / torch.tensor([w, h, w, h], dtype=x.dtype)
+        return torch.cat([head, norm], 1).view(b, 1, 1, 7)
+
+
+class DetectBoxes(nn.Module):
+    """The bright region as post-NMS boxes: [B, 1, 6], score 0.9, class 1."""
+
+    def forward(self, x):
+        box, _ = bright_box(x, x.mean(1) > 0.5)
+        tail = torch.tensor([0.9, 1.0], dtype=x.dtype).expand(x.shape[0], 2)
+        return torch.cat([box, tail], 1).unsqueeze(1)
+
+
+class DetectYolo(nn.Module):
+    """The bright region as a raw YOLOv8 head [B, 4 + 2, 4]: the box for class
+    1 (0.9), a copy shifted by one pixel (0.8, suppressed by NMS), the box for
+    class 0 (0.7, kept: NMS is class-wise) and one under the threshold."""
+
+    def forward(self, x):
+        box, _ = bright_box(x, x.mean(1) > 0.5)
+        cxcywh = torch.stack([(box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2,
+                              box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], 1)
+        shifted = cxcywh + torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=x.dtype)
+        scores = torch.tensor([[0.05, 0.05, 0.7, 0.1], [0.9, 0.8, 0.05, 0.2]],
+                              dtype=x.dtype).expand(x.shape[0], 2, 4)
+        boxes = torch.stack([cxcywh, shifted, cxcywh, cxcywh], 2)
+        return torch.cat([boxes, scores], 1)
+
+
+class DetectColors(nn.Module):
+    """One box per pure colour (red, green, blue: class 0, 1, 2) present in
+    the frame: [B, 3, 6] post-NMS boxes, score 0 for an absent colour."""
+
+    def forward(self, x):
+        rows = []
+        for c in range(3):
+            others = torch.cat([x[:, :c], x[:, c + 1:]], 1).max(1).values
+            box, found = bright_box(x, (x[:, c] > 0.5) & (others < 0.3))
+            score = found.to(x.dtype) * 0.9
+            cls = torch.full_like(score, float(c))
+            rows.append(torch.cat([box * found.to(x.dtype).unsqueeze(1),
+                                   score.unsqueeze(1), cls.unsqueeze(1)], 1))
+        return torch.stack(rows, 1)
+
+
+class ClassifyColor(nn.Module):
+    """Logits of red, green, blue from the mean colour of the crop."""
+
+    def forward(self, x):
+        return x.mean((2, 3)) * 10.0
+
+
+class NmsFixed(nn.Module):
+    """A raw YOLOv8 head with fixed anchors, whatever the frame: survivors of
+    NMS are known (see tests)."""
+
+    def forward(self, x):
+        boxes = torch.tensor([
+            # cx, cy, w, h in input pixels; class 0, class 1 scores
+            [30.0, 30.0, 40.0, 40.0, 0.90, 0.00],    # A: kept
+            [32.0, 32.0, 40.0, 40.0, 0.80, 0.00],    # B: IoU 0.82 with A, dropped
+            [32.0, 32.0, 40.0, 40.0, 0.00, 0.70],    # C: class 1, kept
+            [120.0, 120.0, 40.0, 40.0, 0.60, 0.00],  # D: far away, kept
+            [50.0, 50.0, 40.0, 40.0, 0.85, 0.00],    # E: IoU 0.14 with A
+            [120.0, 30.0, 40.0, 40.0, 0.30, 0.00],   # F: under the threshold
+        ], dtype=x.dtype)
+        return boxes.t().unsqueeze(0).expand(x.shape[0], 6, 6).contiguous()
+
+
+class DetectMalformed(nn.Module):
+    """[1, 5, 6] boxes: NaN score, negative width, negative class, an
+    infinite corner, and one good box (10, 10) -> (30, 20)."""
+
+    def forward(self, x):
+        inf, nan = float("inf"), float("nan")
+        return torch.tensor([[
+            [0.0, 0.0, 10.0, 10.0, nan, 0.0],
+            [20.0, 0.0, 10.0, 10.0, 0.9, 0.0],
+            [0.0, 0.0, 10.0, 10.0, 0.9, -1.0],
+            [0.0, 0.0, inf, 10.0, 0.9, 0.0],
+            [10.0, 10.0, 30.0, 20.0, 0.9, 0.0],
+        ]], dtype=x.dtype)
+
+
+class Returns4Columns(nn.Module):
+    def forward(self, x):
+        return torch.zeros(1, 3, 4)
+
+
+class ReturnsFlat(nn.Module):
+    def forward(self, x):
+        return torch.zeros(6)
+
+
 MODELS = {
     "identity": Identity,
     "invert": Invert,
@@ -172,6 +290,15 @@ MODELS = {
     "nan": ReturnsNaN,
     "dict": ReturnsDict,
     "ret5d": Returns5D,
+    "det_ssd": DetectSSD,
+    "det_boxes": DetectBoxes,
+    "det_yolov8": DetectYolo,
+    "det_colors": DetectColors,
+    "cls_color": ClassifyColor,
+    "nms_fixed": NmsFixed,
+    "det_malformed": DetectMalformed,
+    "ret4cols": Returns4Columns,
+    "retflat": ReturnsFlat,
 }
 
 

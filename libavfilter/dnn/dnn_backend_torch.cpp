@@ -19,7 +19,8 @@
 /**
  * @file
  * DNN LibTorch backend: TorchScript models run through a pool of requests,
- * optionally on batches of frames.
+ * optionally on batches of frames, for dnn_processing, dnn_detect and
+ * dnn_classify.
  *
  * Frames become tensors by wrapping each plane where it lies with
  * torch::from_blob() and converting with torch ops into a persistent batch
@@ -40,7 +41,9 @@
 extern "C" {
 #include "dnn_backend_common.h"
 #include "libavutil/avassert.h"
+#include "libavutil/avstring.h"
 #include "libavutil/cpu.h"
+#include "libavutil/detection_bbox.h"
 #include "libavutil/mem.h"
 #include "libavutil/opt.h"
 #include "libavutil/pixdesc.h"
@@ -52,6 +55,8 @@ extern "C" {
 /** Size of the zero input used to probe the model's input channel count. */
 #define TH_PROBE_SIZE 32
 #define TH_MAX_BATCH  64
+/** Padding of a letterboxed model input: the grey YOLO models train with. */
+#define TH_LETTERBOX_GREY (114.0 / 255.0)
 
 typedef struct THModel {
     DNNModel model;
@@ -96,6 +101,8 @@ static const AVOption dnn_th_options[] = {
     { "channels",   "input channels of the model (1 or 3), 0 to probe the model", OFFSET(nb_channels), AV_OPT_TYPE_INT, { .i64 = 0 }, 0, 3, FLAGS },
     { "threads",    "intra-op threads of each request, 0 for the CPU count divided by the requests", OFFSET(nb_threads), AV_OPT_TYPE_INT, { .i64 = 0 }, 0, 1024, FLAGS },
     { "batch_size", "frames per forward call",                        OFFSET(batch_size),  AV_OPT_TYPE_INT, { .i64 = 1 }, 1, TH_MAX_BATCH, FLAGS },
+    { "input_size", "model input size (WxH) of a detector or classifier; by default a detector takes the frame's size", OFFSET(input_width), AV_OPT_TYPE_IMAGE_SIZE, { .str = NULL }, 0, 0, FLAGS },
+    { "letterbox",  "keep the aspect ratio when resizing to input_size, padding with grey", OFFSET(letterbox), AV_OPT_TYPE_BOOL, { .i64 = 0 }, 0, 1, FLAGS },
     { NULL }
 };
 
@@ -223,6 +230,136 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
     return 0;
 }
 
+/**
+ * The samples of one plane under the region (x, y, w, h) of the frame, as an
+ * h x w x channels tensor: a subsampled plane is cut to the samples that
+ * cover the region and repeated up to full resolution.
+ */
+static torch::Tensor plane_region_th(const AVFrame *frame, int plane,
+                                     int channels, torch::ScalarType type,
+                                     int log2_sub_w, int log2_sub_h,
+                                     int x, int y, int w, int h)
+{
+    int px = x >> log2_sub_w, py = y >> log2_sub_h;
+    int pw = ((x + w + (1 << log2_sub_w) - 1) >> log2_sub_w) - px;
+    int ph = ((y + h + (1 << log2_sub_h) - 1) >> log2_sub_h) - py;
+    uint8_t *data = frame->data[plane] + (ptrdiff_t)py * frame->linesize[plane] +
+                    (ptrdiff_t)px * channels * c10::elementSize(type);
+    torch::Tensor t = wrap_plane_th(data, frame->linesize[plane], ph, pw,
+                                    channels, type);
+
+    if (log2_sub_w)
+        t = t.repeat_interleave(1 << log2_sub_w, 1).narrow(1, x - (px << log2_sub_w), w);
+    if (log2_sub_h)
+        t = t.repeat_interleave(1 << log2_sub_h, 0).narrow(0, y - (py << log2_sub_h), h);
+    return t;
+}
+
+/**
+ * R, G, B in [0, 1] from Y, U, V sample values, with the frame's matrix
+ * (BT.709, BT.2020, otherwise BT.601) and range (full only for JPEG range).
+ */
+static torch::Tensor yuv_to_rgb_th(const AVFrame *frame, const torch::Tensor &y,
+                                   const torch::Tensor &u, const torch::Tensor &v)
+{
+    double kr = 0.299, kb = 0.114, kg;
+    int full = frame->color_range == AVCOL_RANGE_JPEG;
+    double luma_scale   = full ? 255.0 : 219.0;
+    double chroma_scale = full ? 255.0 : 224.0;
+
+    switch (frame->colorspace) {
+    case AVCOL_SPC_BT709:
+        kr = 0.2126;
+        kb = 0.0722;
+        break;
+    case AVCOL_SPC_BT2020_NCL:
+    case AVCOL_SPC_BT2020_CL:
+        kr = 0.2627;
+        kb = 0.0593;
+        break;
+    default:
+        break;
+    }
+    kg = 1.0 - kr - kb;
+
+    torch::Tensor luma = (y - (full ? 0.0 : 16.0)) / luma_scale;
+    torch::Tensor cb = (u - 128.0) / chroma_scale;
+    torch::Tensor cr = (v - 128.0) / chroma_scale;
+    torch::Tensor r = luma + 2.0 * (1.0 - kr) * cr;
+    torch::Tensor g = luma - (2.0 * kb * (1.0 - kb) / kg) * cb
+                           - (2.0 * kr * (1.0 - kr) / kg) * cr;
+    torch::Tensor b = luma + 2.0 * (1.0 - kb) * cb;
+    return torch::stack({ r, g, b }).clamp_(0.0, 1.0);
+}
+
+/**
+ * The region (x, y, w, h) of the frame as a channels x h x w float tensor in
+ * [0, 1].  Packed RGB keeps its memory order; YUV gives its Y plane to a
+ * 1-channel model and R, G, B to a 3-channel one; gray is repeated for a
+ * 3-channel model.
+ */
+static torch::Tensor frame_region_th(const AVFrame *frame, int channels,
+                                     int x, int y, int w, int h)
+{
+    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
+    const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(fmt);
+    torch::Tensor t;
+
+    switch (fmt) {
+    case AV_PIX_FMT_RGB24:
+    case AV_PIX_FMT_BGR24:
+        t = plane_region_th(frame, 0, 3, torch::kUInt8, 0, 0, x, y, w, h);
+        return t.permute({ 2, 0, 1 }).to(torch::kFloat32).div_(255.0);
+    case AV_PIX_FMT_GRAYF32:
+        t = plane_region_th(frame, 0, 1, torch::kFloat32, 0, 0, x, y, w, h);
+        return t.permute({ 2, 0, 1 }).expand({ channels, h, w }).contiguous();
+    default:
+        break;
+    }
+
+    t = plane_region_th(frame, 0, 1, torch::kUInt8, 0, 0, x, y, w, h)
+            .select(2, 0).to(torch::kFloat32);
+    if (desc->nb_components == 1 || channels == 1)
+        return t.div_(255.0).unsqueeze(0).expand({ channels, h, w }).contiguous();
+
+    torch::Tensor u, v;
+    if (fmt == AV_PIX_FMT_NV12) {
+        torch::Tensor uv = plane_region_th(frame, 1, 2, torch::kUInt8,
+                                           desc->log2_chroma_w, desc->log2_chroma_h,
+                                           x, y, w, h).to(torch::kFloat32);
+        u = uv.select(2, 0);
+        v = uv.select(2, 1);
+    } else {
+        u = plane_region_th(frame, 1, 1, torch::kUInt8, desc->log2_chroma_w,
+                            desc->log2_chroma_h, x, y, w, h).select(2, 0).to(torch::kFloat32);
+        v = plane_region_th(frame, 2, 1, torch::kUInt8, desc->log2_chroma_w,
+                            desc->log2_chroma_h, x, y, w, h).select(2, 0).to(torch::kFloat32);
+    }
+    return yuv_to_rgb_th(frame, t, u, v);
+}
+
+/**
+ * Resize src (C x h x w) into dst (C x H x W) with antialiased bilinear
+ * interpolation, stretched or letterboxed as dnn_input_rect() places it.
+ */
+static void fit_tensor_th(const torch::Tensor &src, torch::Tensor &dst, int letterbox)
+{
+    int x, y, w, h;
+    torch::Tensor area = dst;
+
+    dnn_input_rect(src.size(2), src.size(1), dst.size(2), dst.size(1),
+                   letterbox, &x, &y, &w, &h);
+    if (w != dst.size(2) || h != dst.size(1)) {
+        dst.fill_(TH_LETTERBOX_GREY);
+        area = dst.narrow(1, y, h).narrow(2, x, w);
+    }
+    if (src.size(1) == h && src.size(2) == w) {
+        area.copy_(src);
+        return;
+    }
+    area.copy_(at::_upsample_bilinear2d_aa(src.unsqueeze(0), { h, w }, false)[0]);
+}
+
 /* -------------------------------------------------------------------------
  * Requests.
  */
@@ -251,6 +388,44 @@ static void set_error_th(THModel *th_model, int err)
 }
 
 /**
+ * The model input size: input_size for a detector or classifier that has it,
+ * otherwise the frame's size.
+ */
+static void input_size_th(const THModel *th_model, const AVFrame *frame,
+                          int *width, int *height)
+{
+    const THOptions *opts = &th_model->ctx->torch_option;
+
+    *width  = frame->width;
+    *height = frame->height;
+    if (th_model->model.func_type != DFT_PROCESS_FRAME && opts->input_width) {
+        *width  = opts->input_width;
+        *height = opts->input_height;
+    }
+}
+
+/** Fill one batch slot of a detector or classifier from its frame or box. */
+static void fill_analytics_slot_th(const THModel *th_model,
+                                   const LastLevelTaskItem *lltask,
+                                   torch::Tensor &slot)
+{
+    const AVFrame *frame = lltask->task->in_frame;
+    int x = 0, y = 0, w = frame->width, h = frame->height;
+
+    if (th_model->model.func_type == DFT_ANALYTICS_CLASSIFY) {
+        const AVFrameSideData *sd = av_frame_get_side_data(frame, AV_FRAME_DATA_DETECTION_BBOXES);
+        const AVDetectionBBox *bbox =
+            av_get_detection_bbox((const AVDetectionBBoxHeader *)sd->data, lltask->bbox_index);
+        x = bbox->x;
+        y = bbox->y;
+        w = bbox->w;
+        h = bbox->h;
+    }
+    fit_tensor_th(frame_region_th(frame, slot.size(0), x, y, w, h), slot,
+                  th_model->ctx->torch_option.letterbox);
+}
+
+/**
  * Fill the request's batch and run the model on it.  Always returns 0: a failure is
  * kept in request->status for the completion callback, so that the request
  * goes back to the pool on every path.
@@ -260,20 +435,24 @@ static int th_start_inference(void *args)
     THRequestItem *request = (THRequestItem *)args;
     THModel *th_model = request->th_model;
     DnnContext *ctx = th_model->ctx;
+    int analytics = th_model->model.func_type != DFT_PROCESS_FRAME;
     int64_t batch = request->nb_lltasks;
 
     request->status = 0;
     /* The batch is filled here, on the thread that runs the model, so that
      * all LibTorch work of a request shares one OpenMP team. */
     try {
-        const AVFrame *first = request->lltasks[0]->task->in_frame;
-        std::vector<int64_t> shape = { batch, th_model->nb_channels,
-                                       first->height, first->width };
+        int width, height;
+        input_size_th(th_model, request->lltasks[0]->task->in_frame, &width, &height);
+        std::vector<int64_t> shape = { batch, th_model->nb_channels, height, width };
         if (!request->input->defined() || request->input->sizes() != shape)
             *request->input = torch::empty(shape, torch::kFloat32);
         for (int i = 0; i < batch; i++) {
             torch::Tensor slot = (*request->input)[i];
-            frame_to_tensor_th(request->lltasks[i]->task->in_frame, slot);
+            if (analytics)
+                fill_analytics_slot_th(th_model, request->lltasks[i], slot);
+            else
+                frame_to_tensor_th(request->lltasks[i]->task->in_frame, slot);
         }
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "Could not convert the frame to a tensor: %s\n",
@@ -290,14 +469,24 @@ static int th_start_inference(void *args)
         torch::jit::IValue result = th_model->jit_model->forward(inputs);
 
         if (!result.isTensor()) {
-            av_log(ctx, AV_LOG_ERROR, "The model returned a %s; dnn_processing "
-                   "needs a single N x C x H x W tensor. Return one tensor from "
-                   "forward().\n", result.tagKind().c_str());
+            av_log(ctx, AV_LOG_ERROR, "The model returned a %s; %s. Return one "
+                   "tensor from forward().\n", result.tagKind().c_str(),
+                   analytics ? "a detector or classifier returns a single tensor"
+                             : "dnn_processing needs a single N x C x H x W tensor");
             request->status = AVERROR(EINVAL);
             return 0;
         }
         torch::Tensor out = result.toTensor();
-        if (out.dim() != 4 || out.size(0) != batch) {
+        if (analytics && (out.dim() < 1 || out.dim() > 4 ||
+                          (batch > 1 && out.size(0) != batch))) {
+            av_log(ctx, AV_LOG_ERROR, "The model returned a tensor of shape %s "
+                   "for a batch of %d; a detector or classifier must return at "
+                   "most 4 dimensions, the first one the batch when batch_size "
+                   "is above 1.\n", c10::str(out.sizes()).c_str(), (int)batch);
+            request->status = AVERROR(EINVAL);
+            return 0;
+        }
+        if (!analytics && (out.dim() != 4 || out.size(0) != batch)) {
             av_log(ctx, AV_LOG_ERROR, "The model returned a tensor of shape %s "
                    "for an input of shape %s; dnn_processing needs N x C x H x W "
                    "with the input's N.\n",
@@ -373,6 +562,94 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out)
     return 0;
 }
 
+/**
+ * Hand the detector's output for one frame to the filter.  DNNData.dims holds
+ * the output's own shape right-aligned, with -1 for the dimensions it does not
+ * have: [1,N,6] gives {-1, 1, N, 6}, [N,6] gives {-1, -1, N, 6}.  In a batch,
+ * each frame gets its row with the batch dimension kept, as 1.
+ */
+static int detect_output_th(THRequestItem *request, int index,
+                            const LastLevelTaskItem *lltask)
+{
+    THModel *th_model = request->th_model;
+    DNNModel *model = &th_model->model;
+    torch::Tensor out = *request->output;
+    DNNData output = { 0 };
+
+    if (request->nb_lltasks > 1)
+        out = out[index].unsqueeze(0);
+    for (int d = 0, rank = out.dim(); d < 4; d++) {
+        int64_t size = d < 4 - rank ? -1 : out.size(d - (4 - rank));
+        if (size > INT_MAX / 8) {
+            av_log(th_model->ctx, AV_LOG_ERROR, "The model returned an "
+                   "oversized detection tensor %s.\n", c10::str(out.sizes()).c_str());
+            return AVERROR(EINVAL);
+        }
+        output.dims[d] = size;
+    }
+    output.data = out.data_ptr<float>();
+    output.dt = DNN_FLOAT;
+    return model->detect_post_proc(lltask->task->in_frame, &output, 1,
+                                   model->filter_ctx);
+}
+
+/**
+ * Hand the classifier's logits for one box to the filter, as probabilities
+ * (softmax), in DNNData dims {1, 1, 1, classes}.
+ */
+static int classify_output_th(THRequestItem *request, int index,
+                              const LastLevelTaskItem *lltask)
+{
+    THModel *th_model = request->th_model;
+    DNNModel *model = &th_model->model;
+    torch::Tensor logits = request->output->reshape({ request->nb_lltasks, -1 })[index];
+    DNNData output = { 0 };
+
+    if (logits.numel() < 1 || logits.numel() > INT_MAX / 8) {
+        av_log(th_model->ctx, AV_LOG_ERROR, "The model returned %lld scores "
+               "per box; a classifier returns one per class.\n",
+               (long long)logits.numel());
+        return AVERROR(EINVAL);
+    }
+    torch::Tensor prob = torch::softmax(logits, 0).contiguous();
+    if (std::isnan(prob.max().item<float>())) {
+        av_log(th_model->ctx, AV_LOG_ERROR, "The model returned NaN scores; "
+               "check its weights and that it expects input in [0, 1].\n");
+        return AVERROR(EINVAL);
+    }
+    output.dims[0] = output.dims[1] = output.dims[2] = 1;
+    output.dims[3] = prob.numel();
+    output.data = prob.data_ptr<float>();
+    output.dt = DNN_FLOAT;
+    return model->classify_post_proc(lltask->task->in_frame, &output,
+                                     lltask->bbox_index, model->filter_ctx);
+}
+
+/** Deliver the result of one lltask of the request. */
+static int deliver_output_th(THRequestItem *request, int index)
+{
+    THModel *th_model = request->th_model;
+    const LastLevelTaskItem *lltask = request->lltasks[index];
+
+    switch (th_model->model.func_type) {
+    case DFT_PROCESS_FRAME:
+        return write_output_th(request, index, lltask->task->out_frame);
+    case DFT_ANALYTICS_DETECT:
+    case DFT_ANALYTICS_CLASSIFY:
+        try {
+            if (th_model->model.func_type == DFT_ANALYTICS_DETECT)
+                return detect_output_th(request, index, lltask);
+            return classify_output_th(request, index, lltask);
+        } catch (const std::exception &e) {
+            av_log(th_model->ctx, AV_LOG_ERROR, "Could not read the model's "
+                   "output: %s\n", error_reason(e).c_str());
+            return AVERROR_EXTERNAL;
+        }
+    default:
+        return AVERROR(ENOSYS);
+    }
+}
+
 static void infer_completion_callback(void *args)
 {
     THRequestItem *request = (THRequestItem *)args;
@@ -383,7 +660,7 @@ static void infer_completion_callback(void *args)
         TaskItem *task = request->lltasks[i]->task;
 
         if (ret >= 0 && task->do_ioproc)
-            ret = write_output_th(request, i, task->out_frame);
+            ret = deliver_output_th(request, i);
         ff_mutex_lock(&th_model->mutex);
         if (ret < 0 && !th_model->error)
             th_model->error = ret;
@@ -476,24 +753,34 @@ static int probe_forward_th(THModel *th_model, int channels, int height,
 
 /**
  * TorchScript does not declare the input shape: unless the channels option
- * gives it, try the frame format's own channel count first, then the other.
+ * gives it, try the frame format's own channel count first (3 first for a
+ * detector or classifier), then the other.
  */
 static int probe_channels_th(THModel *th_model)
 {
     DnnContext *ctx = th_model->ctx;
     AVFilterContext *filter_ctx = th_model->model.filter_ctx;
+    const THOptions *opts = &ctx->torch_option;
+    int width = TH_PROBE_SIZE, height = TH_PROBE_SIZE;
     int first = 3;
     std::vector<int64_t> shape;
     std::string reason;
 
     if (th_model->nb_channels)
         return 0;
-    if (filter_ctx && filter_ctx->nb_inputs && filter_ctx->inputs[0] &&
+    /* A classifier's linear layers may take no other size than its own. */
+    if (th_model->model.func_type != DFT_PROCESS_FRAME && opts->input_width) {
+        width  = opts->input_width;
+        height = opts->input_height;
+    }
+    /* Detectors and classifiers are taken to want colour where both work. */
+    if (th_model->model.func_type == DFT_PROCESS_FRAME &&
+        filter_ctx && filter_ctx->nb_inputs && filter_ctx->inputs[0] &&
         format_channels_th((enum AVPixelFormat)filter_ctx->inputs[0]->format) == 1)
         first = 1;
     for (int c = first, i = 0; i < 2; c = 4 - c, i++) {
         std::string why;
-        if (probe_forward_th(th_model, c, TH_PROBE_SIZE, TH_PROBE_SIZE, shape, why) >= 0) {
+        if (probe_forward_th(th_model, c, height, width, shape, why) >= 0) {
             th_model->nb_channels = c;
             av_log(ctx, AV_LOG_VERBOSE, "Probed model input: %d channels.\n", c);
             return 0;
@@ -504,8 +791,9 @@ static int probe_channels_th(THModel *th_model)
     }
     av_log(ctx, AV_LOG_ERROR, "The model runs neither on 1 nor on 3 input "
            "channels; on 1x%dx%dx%d zeros: %s. Check the model, or set the "
-           "channels option.\n", first, TH_PROBE_SIZE, TH_PROBE_SIZE,
-           reason.c_str());
+           "channels option%s.\n", first, height, width, reason.c_str(),
+           th_model->model.func_type != DFT_PROCESS_FRAME && !opts->input_width ?
+           " and input_size" : "");
     return AVERROR(EINVAL);
 }
 
@@ -523,6 +811,10 @@ static int get_input_th(DNNModel *model, DNNData *input, const char *input_name)
     input->dims[1] = th_model->nb_channels;
     input->dims[2] = -1;
     input->dims[3] = -1;
+    if (model->func_type != DFT_PROCESS_FRAME && th_model->ctx->torch_option.input_width) {
+        input->dims[2] = th_model->ctx->torch_option.input_height;
+        input->dims[3] = th_model->ctx->torch_option.input_width;
+    }
     return 0;
 }
 
@@ -659,12 +951,23 @@ static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
     DNNModel *model;
     int threads;
 
-    if (func_type != DFT_PROCESS_FRAME) {
-        avpriv_report_missing_feature(ctx, "torch backend for this filter");
-        return NULL;
-    }
     if (!ctx->model_filename) {
         av_log(ctx, AV_LOG_ERROR, "No model given; set model=FILE.pt\n");
+        return NULL;
+    }
+    if (func_type == DFT_PROCESS_FRAME && (opts->input_width || opts->letterbox)) {
+        av_log(ctx, AV_LOG_ERROR, "input_size and letterbox apply to dnn_detect "
+               "and dnn_classify; dnn_processing runs the model on the frame "
+               "as it is. Add a scale filter instead.\n");
+        return NULL;
+    }
+    if (func_type == DFT_ANALYTICS_CLASSIFY && !opts->input_width) {
+        av_log(ctx, AV_LOG_ERROR, "dnn_classify resizes each box to the "
+               "model's input size: set input_size=WxH.\n");
+        return NULL;
+    }
+    if (opts->letterbox && !opts->input_width) {
+        av_log(ctx, AV_LOG_ERROR, "letterbox needs input_size=WxH.\n");
         return NULL;
     }
 
@@ -741,61 +1044,112 @@ fail:
     return NULL;
 }
 
+/**
+ * Whether dnn_classify should classify this box: inside the frame, with room
+ * for one more classification, and of the target label if one is given.
+ */
+static int classify_box_th(const AVFrame *frame, const AVDetectionBBox *bbox,
+                           const char *target)
+{
+    if (bbox->x < 0 || bbox->y < 0 || bbox->w <= 0 || bbox->h <= 0 ||
+        bbox->x > frame->width - bbox->w || bbox->y > frame->height - bbox->h)
+        return 0;
+    if (bbox->classify_count >= AV_NUM_DETECTION_BBOX_CLASSIFY)
+        return 0;
+    return !target || !av_strncasecmp(bbox->detect_label, target,
+                                       sizeof(bbox->detect_label));
+}
+
+/**
+ * Queue one lltask of the task: the whole frame, or one box to classify.
+ * The task is queued already and owns the frames; on failure it stays
+ * consistent and the error reaches the filter through get_result.
+ */
+static int push_lltask_th(THModel *th_model, TaskItem *task, uint32_t bbox_index)
+{
+    LastLevelTaskItem *lltask = (LastLevelTaskItem *)av_malloc(sizeof(*lltask));
+
+    if (!lltask || ff_queue_push_back(th_model->lltask_queue, lltask) < 0) {
+        av_free(lltask);
+        set_error_th(th_model, AVERROR(ENOMEM));
+        return AVERROR(ENOMEM);
+    }
+    lltask->task = task;
+    lltask->bbox_index = bbox_index;
+    task->inference_todo++;
+    return 0;
+}
+
 static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_params)
 {
     THModel *th_model = (THModel *)model;
     DnnContext *ctx = th_model->ctx;
-    LastLevelTaskItem *lltask, *last;
+    LastLevelTaskItem *last;
     TaskItem *task;
+    AVFrame *frame;
     int ret;
 
     ret = ff_check_exec_params(ctx, DNN_TH, model->func_type, exec_params);
     if (ret != 0)
         return ret;
-    if (!format_channels_th((enum AVPixelFormat)exec_params->in_frame->format)) {
+    frame = exec_params->in_frame;
+    if (!format_channels_th((enum AVPixelFormat)frame->format)) {
         av_log(ctx, AV_LOG_ERROR, "Frame format %s is not supported.\n",
-               av_get_pix_fmt_name((enum AVPixelFormat)exec_params->in_frame->format));
+               av_get_pix_fmt_name((enum AVPixelFormat)frame->format));
         return AVERROR(ENOSYS);
+    }
+    if (model->func_type != DFT_PROCESS_FRAME) {
+        /* dnn_classify never asks for the model's input. */
+        ret = probe_channels_th(th_model);
+        if (ret < 0)
+            return ret;
+        if (th_model->nb_channels == 1 &&
+            format_channels_th((enum AVPixelFormat)frame->format) == 3) {
+            av_log(ctx, AV_LOG_ERROR, "The model takes 1 channel and the frames "
+                   "are %s; add format=gray before the filter.\n",
+                   av_get_pix_fmt_name((enum AVPixelFormat)frame->format));
+            return AVERROR(EINVAL);
+        }
     }
 
     task = (TaskItem *)av_malloc(sizeof(*task));
-    lltask = (LastLevelTaskItem *)av_malloc(sizeof(*lltask));
-    if (!task || !lltask) {
-        ret = AVERROR(ENOMEM);
-        goto fail;
-    }
+    if (!task)
+        return AVERROR(ENOMEM);
     ret = ff_dnn_fill_task(task, exec_params, th_model, ctx->async, 1);
-    if (ret < 0)
-        goto fail;
-    task->inference_todo = 1;
+    if (ret < 0) {
+        av_freep(&task);
+        return ret;
+    }
+    task->inference_todo = 0;
     task->inference_done = 0;
-    lltask->task = task;
-    lltask->bbox_index = 0;
 
     /* A batch is one tensor: send what waits before a frame of another size. */
     last = (LastLevelTaskItem *)ff_queue_peek_back(th_model->lltask_queue);
-    if (last && (last->task->in_frame->width  != task->in_frame->width ||
-                 last->task->in_frame->height != task->in_frame->height))
+    if (last && (last->task->in_frame->width  != frame->width ||
+                 last->task->in_frame->height != frame->height))
         dispatch_th(th_model, 1);
 
     ret = ff_queue_push_back(th_model->task_queue, task);
-    if (ret < 0)
-        goto fail;
-    ret = ff_queue_push_back(th_model->lltask_queue, lltask);
     if (ret < 0) {
-        /* The task is queued and owns the frames now; just mark it failed. */
-        av_freep(&lltask);
-        task->inference_done = task->inference_todo;
-        set_error_th(th_model, ret);
-        return 0;
+        av_freep(&task);
+        return ret;
+    }
+    if (model->func_type == DFT_ANALYTICS_CLASSIFY) {
+        const char *target = ((DNNExecClassificationParams *)exec_params)->target;
+        const AVFrameSideData *sd = av_frame_get_side_data(frame, AV_FRAME_DATA_DETECTION_BBOXES);
+        const AVDetectionBBoxHeader *header = sd ? (const AVDetectionBBoxHeader *)sd->data : NULL;
+
+        /* A frame without boxes to classify is done as it is queued. */
+        for (uint32_t i = 0; header && i < header->nb_bboxes; i++) {
+            if (classify_box_th(frame, av_get_detection_bbox(header, i), target) &&
+                push_lltask_th(th_model, task, i) < 0)
+                break;
+        }
+    } else {
+        push_lltask_th(th_model, task, 0);
     }
     dispatch_th(th_model, 0);
     return 0;
-
-fail:
-    av_freep(&task);
-    av_freep(&lltask);
-    return ret;
 }
 
 static DNNAsyncStatusType dnn_get_result_th(const DNNModel *model, AVFrame **in, AVFrame **out)

@@ -1,0 +1,139 @@
+"""What the tests share: running ffmpeg (failing on a crash, a hang or a
+sanitizer report), the generated models and frames, and PyTorch as the
+reference.  Environment (set by the Makefile): FFMPEG, UPSTREAM_FFMPEG,
+MODELS, SANITIZE.
+"""
+
+import os
+import re
+import subprocess
+import tempfile
+
+import numpy as np
+import torch
+
+FFMPEG = os.environ["FFMPEG"]
+UPSTREAM = os.environ.get("UPSTREAM_FFMPEG", "")
+MODELS = os.environ["MODELS"]
+SANITIZE = os.environ.get("SANITIZE", "")
+TMP = tempfile.mkdtemp(prefix="dnn-torch-tests-")
+TIMEOUT = 600 if SANITIZE else 180
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+class Failure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+# --- running ffmpeg ------------------------------------------------------
+
+SANITIZER_REPORT = re.compile(r"(AddressSanitizer|LeakSanitizer|ThreadSanitizer|"
+                              r"UndefinedBehaviorSanitizer|runtime error:)")
+
+
+def sanitizer_env():
+    env = dict(os.environ)
+    supp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sanitizers")
+    env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0"
+    env["LSAN_OPTIONS"] = "suppressions=%s/lsan.supp:print_suppressions=0" % supp
+    env["TSAN_OPTIONS"] = "suppressions=%s/tsan.supp:halt_on_error=0:second_deadlock_stack=1" % supp
+    return env
+
+
+def run(args, binary=None, timeout=TIMEOUT, loglevel="error"):
+    """Run ffmpeg; fail on a crash, a hang or a sanitizer report."""
+    cmd = [binary or FFMPEG, "-nostdin", "-hide_banner", "-loglevel", loglevel] + args
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=timeout, env=sanitizer_env())
+    except subprocess.TimeoutExpired:
+        raise Failure("hang: no exit after %d s: %s" % (timeout, " ".join(cmd)))
+    err = p.stderr.decode(errors="replace")
+    check(p.returncode >= 0, "killed by signal %d (crash): %s\n%s"
+          % (-p.returncode, " ".join(cmd), err[-2000:]))
+    check(not SANITIZER_REPORT.search(err), "sanitizer report:\n" + err[-6000:])
+    return p.returncode, p.stdout, err
+
+
+def model(name):
+    return os.path.join(MODELS, name + ".pt")
+
+
+def torch_filter(name, extra=""):
+    opts = "dnn_backend=torch:model=" + model(name)
+    return opts + (":" + extra if extra else "")
+
+
+def source(size, frames, fmt="rgb24", rate=25):
+    return ["-f", "lavfi", "-i", "testsrc2=s=%s:r=%d" % (size, rate),
+            "-frames:v", str(frames), "-vf", "format=" + fmt]
+
+
+def raw_frames(size, frames, fmt="rgb24"):
+    """The frames testsrc2 gives, as the filter will see them."""
+    rc, out, err = run(source(size, frames, fmt) + ["-f", "rawvideo", "-"])
+    check(rc == 0, "source failed: " + err)
+    return out
+
+
+def process(binary, size, frames, fmt, vf, extra_out=()):
+    args = source(size, frames, fmt)
+    args[-1] += "," + vf
+    rc, out, err = run(args + list(extra_out) + ["-f", "rawvideo", "-"], binary)
+    check(rc == 0, "ffmpeg failed (%d): %s" % (rc, err[-3000:]))
+    return out
+
+
+def as_frames(data, w, h, channels, dtype=np.uint8):
+    arr = np.frombuffer(data, dtype=dtype)
+    per = w * h * channels
+    check(arr.size % per == 0, "output size %d is not a whole number of %dx%dx%d frames"
+          % (arr.size, w, h, channels))
+    return arr.reshape(-1, h, w, channels)
+
+
+def reference(name, frames_hwc):
+    """PyTorch on the same frames: uint8 N x H x W x C -> uint8 output."""
+    m = torch.jit.load(model(name))
+    with torch.no_grad():
+        x = torch.from_numpy(frames_hwc.copy()).permute(0, 3, 1, 2).float() / 255
+        y = m(x)
+    q = (y * 255).clamp(0, 255).round().to(torch.uint8)
+    return q.permute(0, 2, 3, 1).numpy()
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def max_diff(a, b):
+    check(a.shape == b.shape, "shape %s != %s" % (a.shape, b.shape))
+    return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
+
+
+def expect_error(vf, *words, size="64x48", frames=3, fmt="rgb24", extra=()):
+    args = source(size, frames, fmt)
+    args[-1] += "," + vf
+    rc, out, err = run(args + list(extra) + ["-f", "null", "-"])
+    check(rc != 0, "ffmpeg exited 0 on bad input (%s)" % vf)
+    for w in words:
+        check(w.lower() in err.lower(), "message lacks %r:\n%s" % (w, err[-2000:]))
+
+
+def write(name, data):
+    path = os.path.join(TMP, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
