@@ -212,7 +212,7 @@ def output_not_in_the_chosen_layout():
 @test
 def detector_returns_no_usable_tensor():
     detect_error("ret5d", "boxes", "at most 4 dimensions")
-    detect_error("tuple", "boxes", "Tuple", "not a tensor")
+    detect_error("tuple", "boxes", "tuple of 2 values", "single tensor")
     detect_error("throws", "boxes", "4 channels")
 
 

@@ -2,6 +2,8 @@
 
     python tests/models.py DIR     writes every model below into DIR
 
+packages(DIR) compiles some of them into AOTInductor packages (.pt2).
+
 The exact models (identity, inversion, power-of-two weights) give outputs
 that float arithmetic computes without rounding, so they are compared
 bit-exactly; the others are compared to PyTorch by PSNR.
@@ -306,6 +308,39 @@ def build(name):
     torch.manual_seed(1234)
     model = MODELS[name]().eval()
     return torch.jit.script(model)
+
+
+# AOTInductor packages of some of the models above: (file, model, example
+# input shape, dimensions exported as dynamic).  Batch 1 is specialised by
+# torch.export, so a dynamic batch is exported from an example of 2 or more.
+PACKAGES = [
+    ("conv1x1_dyn", "conv1x1", (1, 3, 48, 64), (2, 3)),
+    ("conv1x1_static", "conv1x1", (1, 3, 48, 64), ()),
+    ("conv1x1_batch", "conv1x1", (4, 3, 48, 64), (0, 2, 3)),
+    ("det_boxes_160", "det_boxes", (1, 3, 160, 160), ()),
+    ("tuple_static", "tuple", (1, 3, 48, 64), ()),
+]
+
+
+def package(name, outdir):
+    """Export and compile one package: tens of seconds each."""
+    _, net, shape, dynamic = next(p for p in PACKAGES if p[0] == name)
+    torch.manual_seed(1234)
+    model = MODELS[net]().eval()
+    dims = {d: torch.export.Dim.DYNAMIC for d in dynamic}
+    ep = torch.export.export(model, (torch.rand(shape),), dynamic_shapes={"x": dims})
+    path = os.path.join(outdir, name + ".pt2")
+    torch._inductor.aoti_compile_and_package(ep, package_path=path + ".tmp.pt2")
+    os.replace(path + ".tmp.pt2", path)
+
+
+def packages(outdir):
+    """Compile the packages that are missing or older than this file."""
+    os.makedirs(outdir, exist_ok=True)
+    for name, _, _, _ in PACKAGES:
+        path = os.path.join(outdir, name + ".pt2")
+        if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(__file__):
+            package(name, outdir)
 
 
 def main(outdir):

@@ -344,6 +344,7 @@ def series_applies_with_git_am_and_each_commit_builds():
 # --- driver ----------------------------------------------------------------
 
 import analytics  # noqa: E402,F401  (registers the dnn_detect and dnn_classify tests)
+import aoti  # noqa: E402,F401  (registers the AOTInductor package tests)
 
 
 def gpu_tests():
@@ -360,6 +361,7 @@ def main():
         sys.exit(gpu_tests())
     os.makedirs(MODELS, exist_ok=True)
     models.main(MODELS)
+    models.packages(MODELS)
     selected = [t for t in TESTS if not argv or any(a in t.__name__ for a in argv)]
     passed = failed = 0
     for t in selected:

@@ -18,9 +18,9 @@
 
 /**
  * @file
- * DNN LibTorch backend: TorchScript models run through a pool of requests,
- * optionally on batches of frames, for dnn_processing, dnn_detect and
- * dnn_classify.
+ * DNN LibTorch backend: TorchScript models and AOTInductor packages run
+ * through a pool of requests, optionally on batches of frames, for
+ * dnn_processing, dnn_detect and dnn_classify.
  *
  * Frames become tensors by wrapping each plane where it lies with
  * torch::from_blob() and converting with torch ops into a persistent batch
@@ -29,11 +29,15 @@
  * reaches the filter as an error, never as an exception or an abort.
  */
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include <ATen/Parallel.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/version.h>
@@ -58,10 +62,12 @@ extern "C" {
 /** Padding of a letterboxed model input: the grey YOLO models train with. */
 #define TH_LETTERBOX_GREY (114.0 / 255.0)
 
+class THNet;
+
 typedef struct THModel {
     DNNModel model;
     DnnContext *ctx;
-    torch::jit::Module *jit_model;
+    THNet *net;
     torch::Device *device;
     /** Input channels of the model: 1 or 3; 0 until known. */
     int nb_channels;
@@ -84,6 +90,8 @@ typedef struct THRequestItem {
     /** Batch input, reused while the frame size stays the same. */
     torch::Tensor *input;
     torch::Tensor *output;
+    /** Frames in the forward call: nb_lltasks, or batch_size for a package. */
+    int64_t batch;
     /** Staging for the float to 8-bit conversion of one output frame. */
     torch::Tensor *staging;
     /** Set by th_start_inference(), read by the completion callback. */
@@ -103,6 +111,7 @@ static const AVOption dnn_th_options[] = {
     { "batch_size", "frames per forward call",                        OFFSET(batch_size),  AV_OPT_TYPE_INT, { .i64 = 1 }, 1, TH_MAX_BATCH, FLAGS },
     { "input_size", "model input size (WxH) of a detector or classifier; by default a detector takes the frame's size", OFFSET(input_width), AV_OPT_TYPE_IMAGE_SIZE, { .str = NULL }, 0, 0, FLAGS },
     { "letterbox",  "keep the aspect ratio when resizing to input_size, padding with grey", OFFSET(letterbox), AV_OPT_TYPE_BOOL, { .i64 = 0 }, 0, 1, FLAGS },
+    { "model_name", "model to run from an AOTInductor package that holds several", OFFSET(model_name), AV_OPT_TYPE_STRING, { .str = NULL }, 0, 0, FLAGS },
     { NULL }
 };
 
@@ -124,6 +133,87 @@ static std::string error_reason(const std::exception &e)
     }
     pos = msg.find('\n');
     return pos == std::string::npos ? msg : msg.substr(0, pos);
+}
+
+/* -------------------------------------------------------------------------
+ * Model formats: TorchScript modules (torch::jit::load) and AOTInductor
+ * packages (.pt2, from torch._inductor.aoti_compile_and_package), behind one
+ * interface; the rest of the backend does not know which one runs.
+ */
+
+class THNet {
+public:
+    virtual ~THNet() = default;
+    /** Run the model on a batch; the result as the model gives it. */
+    virtual torch::jit::IValue forward(const torch::Tensor &input) = 0;
+    /**
+     * Whether every call must get batch_size frames: a compiled package may
+     * take no other batch, so a partial batch is padded.
+     */
+    virtual bool fixed_batch() const = 0;
+};
+
+class THScriptNet : public THNet {
+public:
+    THScriptNet(torch::jit::Module module, bool graph_optimize)
+        : module_(std::move(module)), graph_optimize_(graph_optimize) {}
+
+    torch::jit::IValue forward(const torch::Tensor &input) override
+    {
+        std::vector<torch::jit::IValue> inputs{ input };
+        /* A thread-local setting: each request thread needs it. */
+        torch::jit::setGraphExecutorOptimize(graph_optimize_);
+        return module_.forward(inputs);
+    }
+
+    bool fixed_batch() const override { return false; }
+
+private:
+    torch::jit::Module module_;
+    bool graph_optimize_;
+};
+
+class THPackageNet : public THNet {
+public:
+    THPackageNet(const std::string &path, const std::string &name,
+                 size_t runners, c10::DeviceIndex device_index)
+        : loader_(path, name, false, runners, device_index) {}
+
+    torch::jit::IValue forward(const torch::Tensor &input) override
+    {
+        std::vector<torch::Tensor> out = loader_.run({ input });
+        if (out.size() == 1)
+            return out[0];
+        return out;
+    }
+
+    bool fixed_batch() const override { return true; }
+
+private:
+    torch::inductor::AOTIModelPackageLoader loader_;
+};
+
+/** What the model returned, when it is not a tensor. */
+static std::string describe_result_th(const torch::jit::IValue &v)
+{
+    if (v.isTuple())
+        return "tuple of " + std::to_string(v.toTupleRef().elements().size()) + " values";
+    if (v.isList())
+        return "list of " + std::to_string(v.toListRef().size()) + " values";
+    if (v.isGenericDict())
+        return "dict";
+    return v.tagKind();
+}
+
+/** What to add to the reason a model failed: for a package, the usual cause. */
+static const char *failure_hint_th(const THNet *net)
+{
+    if (!net->fixed_batch())
+        return "";
+    return " A package takes only the input shapes it was exported for (the "
+           "reason from LibTorch is above): export height and width as "
+           "torch.export.Dim.DYNAMIC, and set batch_size to the batch it was "
+           "exported with.";
 }
 
 /* -------------------------------------------------------------------------
@@ -436,9 +526,11 @@ static int th_start_inference(void *args)
     THModel *th_model = request->th_model;
     DnnContext *ctx = th_model->ctx;
     int analytics = th_model->model.func_type != DFT_PROCESS_FRAME;
-    int64_t batch = request->nb_lltasks;
+    int64_t batch = th_model->net->fixed_batch() ? ctx->torch_option.batch_size
+                                                 : request->nb_lltasks;
 
     request->status = 0;
+    request->batch = batch;
     /* The batch is filled here, on the thread that runs the model, so that
      * all LibTorch work of a request shares one OpenMP team. */
     try {
@@ -447,13 +539,15 @@ static int th_start_inference(void *args)
         std::vector<int64_t> shape = { batch, th_model->nb_channels, height, width };
         if (!request->input->defined() || request->input->sizes() != shape)
             *request->input = torch::empty(shape, torch::kFloat32);
-        for (int i = 0; i < batch; i++) {
+        for (int i = 0; i < request->nb_lltasks; i++) {
             torch::Tensor slot = (*request->input)[i];
             if (analytics)
                 fill_analytics_slot_th(th_model, request->lltasks[i], slot);
             else
                 frame_to_tensor_th(request->lltasks[i]->task->in_frame, slot);
         }
+        if (batch > request->nb_lltasks)
+            request->input->narrow(0, request->nb_lltasks, batch - request->nb_lltasks).zero_();
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "Could not convert the frame to a tensor: %s\n",
                error_reason(e).c_str());
@@ -463,14 +557,11 @@ static int th_start_inference(void *args)
 
     try {
         c10::InferenceMode guard;
-        torch::jit::setGraphExecutorOptimize(ctx->torch_option.optimize == 1);
-        std::vector<torch::jit::IValue> inputs;
-        inputs.push_back(request->input->to(*th_model->device));
-        torch::jit::IValue result = th_model->jit_model->forward(inputs);
+        torch::jit::IValue result = th_model->net->forward(request->input->to(*th_model->device));
 
         if (!result.isTensor()) {
             av_log(ctx, AV_LOG_ERROR, "The model returned a %s; %s. Return one "
-                   "tensor from forward().\n", result.tagKind().c_str(),
+                   "tensor from forward().\n", describe_result_th(result).c_str(),
                    analytics ? "a detector or classifier returns a single tensor"
                              : "dnn_processing needs a single N x C x H x W tensor");
             request->status = AVERROR(EINVAL);
@@ -497,8 +588,9 @@ static int th_start_inference(void *args)
         }
         *request->output = out.to(torch::kCPU, torch::kFloat32).contiguous();
     } catch (const std::exception &e) {
-        av_log(ctx, AV_LOG_ERROR, "The model failed on an input of shape %s: %s\n",
-               c10::str(request->input->sizes()).c_str(), error_reason(e).c_str());
+        av_log(ctx, AV_LOG_ERROR, "The model failed on an input of shape %s: %s%s\n",
+               c10::str(request->input->sizes()).c_str(), error_reason(e).c_str(),
+               failure_hint_th(th_model->net));
         request->status = AVERROR_EXTERNAL;
     }
     return 0;
@@ -576,7 +668,7 @@ static int detect_output_th(THRequestItem *request, int index,
     torch::Tensor out = *request->output;
     DNNData output = { 0 };
 
-    if (request->nb_lltasks > 1)
+    if (request->batch > 1)
         out = out[index].unsqueeze(0);
     for (int d = 0, rank = out.dim(); d < 4; d++) {
         int64_t size = d < 4 - rank ? -1 : out.size(d - (4 - rank));
@@ -602,7 +694,7 @@ static int classify_output_th(THRequestItem *request, int index,
 {
     THModel *th_model = request->th_model;
     DNNModel *model = &th_model->model;
-    torch::Tensor logits = request->output->reshape({ request->nb_lltasks, -1 })[index];
+    torch::Tensor logits = request->output->reshape({ request->batch, -1 })[index];
     DNNData output = { 0 };
 
     if (logits.numel() < 1 || logits.numel() > INT_MAX / 8) {
@@ -726,20 +818,23 @@ static void dispatch_th(THModel *th_model, int flush)
  * Model.
  */
 
-/** Run the model once on zeros; out receives the output shape. */
+/**
+ * Run the model once on zeros (one frame, or the batch a package runs);
+ * out receives the output shape.
+ */
 static int probe_forward_th(THModel *th_model, int channels, int height,
                             int width, std::vector<int64_t> &out,
                             std::string &reason)
 {
+    int64_t batch = th_model->net->fixed_batch() ? th_model->ctx->torch_option.batch_size : 1;
+
     try {
         c10::InferenceMode guard;
-        torch::jit::setGraphExecutorOptimize(th_model->ctx->torch_option.optimize == 1);
-        std::vector<torch::jit::IValue> inputs;
-        inputs.push_back(torch::zeros({ 1, channels, height, width },
-                                      torch::TensorOptions().device(*th_model->device)));
-        torch::jit::IValue result = th_model->jit_model->forward(inputs);
+        torch::jit::IValue result = th_model->net->forward(
+            torch::zeros({ batch, channels, height, width },
+                         torch::TensorOptions().device(*th_model->device)));
         if (!result.isTensor()) {
-            reason = std::string("the model returned a ") + result.tagKind() +
+            reason = "the model returned a " + describe_result_th(result) +
                      ", not a tensor";
             return AVERROR(EINVAL);
         }
@@ -768,10 +863,15 @@ static int probe_channels_th(THModel *th_model)
 
     if (th_model->nb_channels)
         return 0;
-    /* A classifier's linear layers may take no other size than its own. */
+    /* A classifier's linear layers may take no other size than its own,
+     * nor may a package compiled for one frame size. */
     if (th_model->model.func_type != DFT_PROCESS_FRAME && opts->input_width) {
         width  = opts->input_width;
         height = opts->input_height;
+    } else if (th_model->net->fixed_batch() && filter_ctx && filter_ctx->nb_inputs &&
+               filter_ctx->inputs[0] && filter_ctx->inputs[0]->w > 0) {
+        width  = filter_ctx->inputs[0]->w;
+        height = filter_ctx->inputs[0]->h;
     }
     /* Detectors and classifiers are taken to want colour where both work. */
     if (th_model->model.func_type == DFT_PROCESS_FRAME &&
@@ -780,7 +880,9 @@ static int probe_channels_th(THModel *th_model)
         first = 1;
     for (int c = first, i = 0; i < 2; c = 4 - c, i++) {
         std::string why;
-        if (probe_forward_th(th_model, c, height, width, shape, why) >= 0) {
+        /* A model that runs takes c channels, whatever it returns: its
+         * output is checked where it is used. */
+        if (probe_forward_th(th_model, c, height, width, shape, why) != AVERROR_EXTERNAL) {
             th_model->nb_channels = c;
             av_log(ctx, AV_LOG_VERBOSE, "Probed model input: %d channels.\n", c);
             return 0;
@@ -790,10 +892,12 @@ static int probe_channels_th(THModel *th_model)
             reason = why;
     }
     av_log(ctx, AV_LOG_ERROR, "The model runs neither on 1 nor on 3 input "
-           "channels; on 1x%dx%dx%d zeros: %s. Check the model, or set the "
-           "channels option%s.\n", first, height, width, reason.c_str(),
+           "channels; on %dx%dx%dx%d zeros: %s. Check the model, or set the "
+           "channels option%s.%s\n",
+           th_model->net->fixed_batch() ? opts->batch_size : 1, first, height,
+           width, reason.c_str(),
            th_model->model.func_type != DFT_PROCESS_FRAME && !opts->input_width ?
-           " and input_size" : "");
+           " and input_size" : "", failure_hint_th(th_model->net));
     return AVERROR(EINVAL);
 }
 
@@ -834,8 +938,10 @@ static int get_output_th(DNNModel *model, const char *input_name,
     ret = probe_forward_th(th_model, th_model->nb_channels, input_height,
                            input_width, shape, reason);
     if (ret < 0) {
-        av_log(ctx, AV_LOG_ERROR, "The model failed on a 1x%dx%dx%d input: %s\n",
-               th_model->nb_channels, input_height, input_width, reason.c_str());
+        av_log(ctx, AV_LOG_ERROR, "The model failed on a %dx%dx%dx%d input: %s%s\n",
+               th_model->net->fixed_batch() ? ctx->torch_option.batch_size : 1,
+               th_model->nb_channels, input_height, input_width, reason.c_str(),
+               ret == AVERROR_EXTERNAL ? failure_hint_th(th_model->net) : "");
         return ret;
     }
     if (shape.size() != 4) {
@@ -892,16 +998,144 @@ static void dnn_free_model_th(DNNModel **model)
         }
         ff_queue_destroy(th_model->task_queue);
     }
-    delete th_model->jit_model;
+    delete th_model->net;
     delete th_model->device;
     ff_mutex_destroy(&th_model->mutex);
     av_freep(model);
 }
 
-static int load_jit_model_th(THModel *th_model)
+/**
+ * The models of an AOTInductor package, by name, read from the archive's
+ * records (data/aotinductor/NAME/...); empty for anything else, TorchScript
+ * included.
+ */
+static std::vector<std::string> package_models_th(const char *path)
+{
+    const std::string prefix = "data/aotinductor/";
+    std::vector<std::string> names;
+
+    try {
+        caffe2::serialize::PyTorchStreamReader reader(path);
+        for (const std::string &record : reader.getAllRecords()) {
+            size_t end;
+            if (record.compare(0, prefix.size(), prefix))
+                continue;
+            end = record.find('/', prefix.size());
+            if (end == std::string::npos)
+                continue;
+            std::string name = record.substr(prefix.size(), end - prefix.size());
+            if (std::find(names.begin(), names.end(), name) == names.end())
+                names.push_back(name);
+        }
+    } catch (const std::exception &e) {
+        /* Not an archive LibTorch reads: torch::jit::load() will say why. */
+    }
+    return names;
+}
+
+static std::string join_th(const std::vector<std::string> &names)
+{
+    std::string s;
+    for (const std::string &n : names)
+        s += (s.empty() ? "" : ", ") + n;
+    return s;
+}
+
+static void enable_package_checks_th(void)
+{
+    /* A package checks its input shapes against those it was compiled for
+     * only when asked to; without the check a wrong shape reads out of
+     * bounds.  The generated code reads the variable once, at its first run. */
+    setenv("AOTI_RUNTIME_CHECK_INPUTS", "1", 0);
+}
+
+static int load_package_th(THModel *th_model, const std::vector<std::string> &names)
+{
+    static AVOnce checks_once = AV_ONCE_INIT;
+    DnnContext *ctx = th_model->ctx;
+    const char *path = ctx->model_filename;
+    const char *wanted = ctx->torch_option.model_name;
+    std::string name = names[0];
+
+    if (wanted) {
+        if (std::find(names.begin(), names.end(), wanted) == names.end()) {
+            av_log(ctx, AV_LOG_ERROR, "The package '%s' has no model '%s'; it "
+                   "has: %s.\n", path, wanted, join_th(names).c_str());
+            return AVERROR(EINVAL);
+        }
+        name = wanted;
+    } else if (names.size() > 1) {
+        av_log(ctx, AV_LOG_ERROR, "The package '%s' holds several models (%s); "
+               "choose one with model_name.\n", path, join_th(names).c_str());
+        return AVERROR(EINVAL);
+    }
+    if (ctx->torch_option.optimize)
+        av_log(ctx, AV_LOG_WARNING, "optimize applies to TorchScript; a package "
+               "is compiled already.\n");
+
+    try {
+        std::unordered_map<std::string, std::string> meta =
+            torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, name);
+        std::string built = meta.count("AOTI_DEVICE_KEY") ? meta["AOTI_DEVICE_KEY"] : "cpu";
+        std::string runs = th_model->device->is_cuda() ? "cuda" : "cpu";
+        if (built != runs) {
+            av_log(ctx, AV_LOG_ERROR, "The package '%s' was compiled for %s and "
+                   "the filter runs on %s: set device=%s, or compile the package "
+                   "for %s.\n", path, built.c_str(), runs.c_str(), built.c_str(),
+                   runs.c_str());
+            return AVERROR(EINVAL);
+        }
+        ff_thread_once(&checks_once, enable_package_checks_th);
+        th_model->net = new THPackageNet(path, name, ctx->nireq,
+                                         th_model->device->has_index() ?
+                                         th_model->device->index() : -1);
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_ERROR, "Could not load AOTInductor package '%s': %s. "
+               "A package runs with the PyTorch version that compiled it (this "
+               "is LibTorch %s).\n", path, error_reason(e).c_str(), TORCH_VERSION);
+        return AVERROR(EINVAL);
+    }
+    av_log(ctx, AV_LOG_VERBOSE, "AOTInductor package, model '%s'.\n", name.c_str());
+    return 0;
+}
+
+static int load_script_th(THModel *th_model)
+{
+    DnnContext *ctx = th_model->ctx;
+    torch::jit::Module module;
+
+    try {
+        module = torch::jit::load(ctx->model_filename, *th_model->device);
+        module.eval();
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_ERROR, "Could not load TorchScript model '%s': %s\n",
+               ctx->model_filename, error_reason(e).c_str());
+        return AVERROR(EINVAL);
+    }
+
+    if (ctx->torch_option.optimize == 2) {
+        try {
+            torch::jit::Module frozen = torch::jit::freeze(module);
+            module = torch::jit::optimize_for_inference(frozen);
+        } catch (const std::exception &e) {
+            av_log(ctx, AV_LOG_WARNING, "Could not freeze the model, running it "
+                   "unfrozen: %s\n", error_reason(e).c_str());
+        }
+    }
+    try {
+        th_model->net = new THScriptNet(module, ctx->torch_option.optimize == 1);
+    } catch (const std::exception &e) {
+        return AVERROR(ENOMEM);
+    }
+    return 0;
+}
+
+/** Load the model file, a TorchScript module or an AOTInductor package by content. */
+static int load_net_th(THModel *th_model)
 {
     DnnContext *ctx = th_model->ctx;
     const char *device_name = ctx->device ? ctx->device : "cpu";
+    std::vector<std::string> packaged;
 
     try {
         th_model->device = new torch::Device(device_name);
@@ -922,25 +1156,16 @@ static int load_jit_model_th(THModel *th_model)
     }
 
     try {
-        th_model->jit_model = new torch::jit::Module(
-            torch::jit::load(ctx->model_filename, *th_model->device));
-        th_model->jit_model->eval();
+        packaged = package_models_th(ctx->model_filename);
     } catch (const std::exception &e) {
-        av_log(ctx, AV_LOG_ERROR, "Could not load TorchScript model '%s': %s\n",
-               ctx->model_filename, error_reason(e).c_str());
-        return AVERROR(EINVAL);
+        return AVERROR(ENOMEM);
     }
-
-    if (ctx->torch_option.optimize == 2) {
-        try {
-            torch::jit::Module frozen = torch::jit::freeze(*th_model->jit_model);
-            *th_model->jit_model = torch::jit::optimize_for_inference(frozen);
-        } catch (const std::exception &e) {
-            av_log(ctx, AV_LOG_WARNING, "Could not freeze the model, running it "
-                   "unfrozen: %s\n", error_reason(e).c_str());
-        }
-    }
-    return 0;
+    if (!packaged.empty())
+        return load_package_th(th_model, packaged);
+    if (ctx->torch_option.model_name)
+        av_log(ctx, AV_LOG_WARNING, "model_name applies to AOTInductor packages; "
+               "'%s' is not one.\n", ctx->model_filename);
+    return load_script_th(th_model);
 }
 
 static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
@@ -987,13 +1212,13 @@ static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
         av_log(ctx, AV_LOG_ERROR, "channels=2 is not supported; use 1 or 3.\n");
         goto fail;
     }
-    if (load_jit_model_th(th_model) < 0)
-        goto fail;
-
     /* Requests in flight share the cores: one per core by default. */
     if (ctx->nireq <= 0)
         ctx->nireq = ctx->async ? 2 : 1;
     th_model->nb_requests = ctx->nireq;
+    if (load_net_th(th_model) < 0)
+        goto fail;
+
     threads = opts->nb_threads;
     if (!threads)
         threads = FFMAX(1, av_cpu_count() / (ctx->async ? ctx->nireq : 1));

@@ -1,0 +1,116 @@
+"""AOTInductor packages (.pt2) beside their TorchScript twins.
+
+The packages are compiled from the same test models by models.packages()
+(the first run of the suite takes a minute or two for it); they must give
+the same frames as the TorchScript models within 1 per sample.
+"""
+
+import os
+import zipfile
+
+from harness import (MODELS, TMP, as_frames, check, expect_error, max_diff, model,
+                     process, run, test)
+
+
+def package(name):
+    return os.path.join(MODELS, name + ".pt2")
+
+
+def torch_vf(path, extra=""):
+    return "dnn_processing=dnn_backend=torch:model=" + path + (":" + extra if extra else "")
+
+
+def same_as_twin(pt2, twin, size, frames, extra=""):
+    w, h = map(int, size.split("x"))
+    want = as_frames(process(None, size, frames, "rgb24", torch_vf(model(twin))), w, h, 3)
+    got = as_frames(process(None, size, frames, "rgb24", torch_vf(package(pt2), extra)), w, h, 3)
+    check(max_diff(got, want) <= 1, "%s %s %s: off by %d from its TorchScript twin"
+          % (pt2, size, extra, max_diff(got, want)))
+
+
+@test
+def package_gives_the_frames_of_its_torchscript_twin():
+    for size in ("64x48", "80x60", "42x18"):
+        same_as_twin("conv1x1_dyn", "conv1x1", size, 3)
+    same_as_twin("conv1x1_dyn", "conv1x1", "64x48", 7, "async=1:nireq=3")
+    same_as_twin("conv1x1_static", "conv1x1", "64x48", 3)
+
+
+@test
+def package_with_a_dynamic_batch():
+    # 11 frames: the last batch of 3 is padded to the 4 the package runs.
+    for cfg in ("batch_size=4:async=0", "batch_size=4:async=1:nireq=2", "batch_size=2"):
+        same_as_twin("conv1x1_batch", "conv1x1", "64x48", 11, cfg)
+
+
+@test
+def static_package_refuses_another_shape_at_load():
+    expect_error(torch_vf(package("conv1x1_static")), "exported", "Dim.DYNAMIC", size="80x60")
+    expect_error(torch_vf(package("conv1x1_static"), "batch_size=2"), "batch_size", size="64x48")
+    expect_error(torch_vf(package("conv1x1_batch")), "exported", size="64x48")
+
+
+@test
+def package_detector_finds_the_drawn_box():
+    for path in (model("det_boxes"), package("det_boxes_160")):
+        args = ["-f", "lavfi", "-i", "color=c=black:s=320x240,drawbox=x=40:y=60:w=100:h=90:"
+                "color=white:t=fill,trim=end_frame=2", "-vf",
+                "format=rgb24,dnn_detect=dnn_backend=torch:model=%s:model_type=boxes:"
+                "input_size=160x160:letterbox=1,showinfo" % path]
+        rc, out, err = run(args + ["-f", "null", "-"], loglevel="info")
+        check(rc == 0, err[-2000:])
+        boxes = [l for l in err.splitlines() if "region: (40, 60) -> (140, 150)" in l]
+        check(len(boxes) == 2, "%s: want the drawn box in both frames:\n%s" % (path, err[-2000:]))
+
+
+def rewrite_package(src, dst, rename=None, edit=None):
+    """Copy a package, duplicating its model under other names, or editing
+    the contents of its files."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if edit:
+                data = edit(item.filename, data)
+            if rename and "/data/aotinductor/model/" in item.filename:
+                for name in rename:
+                    zout.writestr(item.filename.replace("/model/", "/%s/" % name), data)
+            else:
+                zout.writestr(item.filename, data)
+    return dst
+
+
+@test
+def package_with_several_models():
+    path = rewrite_package(package("conv1x1_static"), os.path.join(TMP, "two.pt2"),
+                           rename=("first", "second"))
+    expect_error(torch_vf(path), "several models", "first, second", "model_name")
+    expect_error(torch_vf(path, "model_name=third"), "no model 'third'")
+    got = process(None, "64x48", 2, "rgb24", torch_vf(path, "model_name=second"))
+    ref = process(None, "64x48", 2, "rgb24", torch_vf(model("conv1x1")))
+    check(max_diff(as_frames(got, 64, 48, 3), as_frames(ref, 64, 48, 3)) <= 1,
+          "model_name=second does not run the model")
+
+
+@test
+def package_for_another_device():
+    def to_cuda(name, data):
+        if name.endswith("wrapper_metadata.json"):
+            return data.replace(b'"AOTI_DEVICE_KEY": "cpu"', b'"AOTI_DEVICE_KEY": "cuda"')
+        return data
+    path = rewrite_package(package("conv1x1_static"), os.path.join(TMP, "cuda.pt2"),
+                           edit=to_cuda)
+    expect_error(torch_vf(path), "compiled for cuda", "device=cuda")
+
+
+@test
+def broken_packages():
+    data = open(package("conv1x1_dyn"), "rb").read()
+    truncated = os.path.join(TMP, "truncated.pt2")
+    with open(truncated, "wb") as f:
+        f.write(data[:len(data) // 2])
+    expect_error(torch_vf(truncated), "Could not load")
+    foreign = os.path.join(TMP, "foreign.pt2")
+    with zipfile.ZipFile(foreign, "w") as z:
+        z.writestr("readme.txt", "not a model")
+    expect_error(torch_vf(foreign), "Could not load")
+    expect_error(torch_vf(package("tuple_static")), "list of 2 values")
