@@ -32,6 +32,8 @@ CASES = [
 UPSTREAM_CONFIGS = ["async=0", "async=1"]
 OURS_CONFIGS = ["", "async=0", "async=1:nireq=1", "async=1:nireq=2", "async=1:nireq=4",
                 "batch_size=2", "batch_size=4", "async=1:nireq=4:batch_size=4"]
+# The same model as an AOTInductor package, compiled for the case's size.
+PACKAGE_CONFIGS = ["", "async=0"]
 # The graph executor setting our default (optimize=0) uses, for the limit.
 OURS_OPTIMIZE = 0
 
@@ -89,10 +91,23 @@ def main(outdir):
                 if error:
                     row["error"] = error
                 rows.append(row)
+        package = os.path.join(MODELS, "bench-%s.pt2" % case)
+        if not os.path.exists(package) or os.path.getmtime(package) < os.path.getmtime(models.__file__):
+            models.compile_package(name, (1, 3, h, w), (), package)
+        for config in PACKAGE_CONFIGS:
+            fps, rss, error = run_ffmpeg(FFMPEG, package, w, h, config)
+            row = {"case": case, "impl": "ours .pt2", "config": config or "default",
+                   "fps": round(fps, 2) if fps else None, "peak_rss_kb": rss}
+            if error:
+                row["error"] = error
+            rows.append(row)
         for batch in (1, 4):
             rows.append({"case": case, "impl": "forward",
                          "config": "batch=%d:threads=%d:optimize=%d" % (batch, THREADS, OURS_OPTIMIZE),
                          "fps": round(run_forward(model, w, h, batch), 2), "peak_rss_kb": None})
+        rows.append({"case": case, "impl": "forward .pt2",
+                     "config": "batch=1:threads=%d" % THREADS,
+                     "fps": round(run_forward(package, w, h, 1), 2), "peak_rss_kb": None})
         results += rows
         report(case, rows)
     with open(os.path.join(outdir, "results.json"), "w") as f:
@@ -107,19 +122,19 @@ def report(case, rows):
                 return r["fps"]
         return None
 
-    ours = [r for r in rows if r["impl"] == "ours" and r["fps"]]
+    ours = [r for r in rows if r["impl"].startswith("ours") and r["fps"]]
     best = max(ours, key=lambda r: r["fps"]) if ours else None
     up0, up1, fwd = fps("upstream", "async=0"), fps("upstream", "async=1"), \
         fps("forward", "batch=1:threads=%d:optimize=%d" % (THREADS, OURS_OPTIMIZE))
     print("\n%s" % case)
-    print("  %-9s %-30s %8s %10s" % ("impl", "config", "fps", "peak MiB"))
+    print("  %-12s %-30s %8s %10s" % ("impl", "config", "fps", "peak MiB"))
     for r in rows:
         rss = "%10.0f" % (r["peak_rss_kb"] / 1024) if r["peak_rss_kb"] else "%10s" % "-"
         speed = "%8.2f" % r["fps"] if r["fps"] else "%8s" % "-"
-        print("  %-9s %-30s %s %s %s" % (r["impl"], r["config"], speed, rss, r.get("error", "")))
+        print("  %-12s %-30s %s %s %s" % (r["impl"], r["config"], speed, rss, r.get("error", "")))
     if best and up0 and fwd:
-        print("  best ours (%s): %.2fx upstream async=0, %s upstream async=1, "
-              "%.2fx bare forward" % (best["config"], best["fps"] / up0,
+        print("  best ours (%s %s): %.2fx upstream async=0, %s upstream async=1, "
+              "%.2fx bare forward" % (best["impl"], best["config"], best["fps"] / up0,
                                       "%.2fx" % (best["fps"] / up1) if up1 else "n/a (it failed)",
                                       best["fps"] / fwd))
         d1, d0 = fps("ours", "default"), fps("ours", "async=0")

@@ -1,6 +1,7 @@
-// The limit for the filter: the bare forward() of a TorchScript model on a
-// ready input tensor, with the thread count and graph executor setting the
-// filter uses.  Prints frames per second.
+// The limit for the filter: the bare forward() of a TorchScript model (or
+// the run() of an AOTInductor package, MODEL ending in .pt2) on a ready
+// input tensor, with the thread count and graph executor setting the filter
+// uses.  Prints frames per second.
 //
 //   forward MODEL CHANNELS HEIGHT WIDTH BATCH THREADS OPTIMIZE ITERATIONS
 //
@@ -9,8 +10,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
 
 int main(int argc, char **argv)
@@ -25,21 +29,32 @@ int main(int argc, char **argv)
 
     try {
         at::set_num_threads(threads);
-        torch::jit::Module module = torch::jit::load(argv[1]);
-        module.eval();
-        if (optimize == 2) {
-            torch::jit::Module frozen = torch::jit::freeze(module);
-            module = torch::jit::optimize_for_inference(frozen);
+        torch::Tensor input = torch::rand({ batch, c, h, w });
+        std::function<void()> run;
+        torch::jit::Module module;
+        std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;
+        size_t len = std::strlen(argv[1]);
+
+        if (len > 4 && !std::strcmp(argv[1] + len - 4, ".pt2")) {
+            package.reset(new torch::inductor::AOTIModelPackageLoader(argv[1]));
+            run = [&]() { package->run({ input }); };
+        } else {
+            module = torch::jit::load(argv[1]);
+            module.eval();
+            if (optimize == 2) {
+                torch::jit::Module frozen = torch::jit::freeze(module);
+                module = torch::jit::optimize_for_inference(frozen);
+            }
+            // Set after freezing, as the filter does: freezing needs the default.
+            torch::jit::setGraphExecutorOptimize(optimize == 1);
+            run = [&]() { module.forward({ input }); };
         }
-        // Set after freezing, as the filter does: freezing needs the default.
-        torch::jit::setGraphExecutorOptimize(optimize == 1);
         c10::InferenceMode guard;
-        std::vector<torch::jit::IValue> inputs{ torch::rand({ batch, c, h, w }) };
         for (int i = 0; i < 3; i++)
-            module.forward(inputs);
+            run();
         auto start = std::chrono::steady_clock::now();
         for (int i = 0; i < iterations; i++)
-            module.forward(inputs);
+            run();
         std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
         std::printf("fps=%.3f\n", iterations * batch / elapsed.count());
     } catch (const std::exception &e) {

@@ -322,14 +322,14 @@ PACKAGES = [
 ]
 
 
-def package(name, outdir):
-    """Export and compile one package: tens of seconds each."""
-    _, net, shape, dynamic = next(p for p in PACKAGES if p[0] == name)
+def compile_package(net, shape, dynamic, path):
+    """Export model net with an example input of shape, the dimensions in
+    dynamic left free, and compile it into the package path: tens of
+    seconds each."""
     torch.manual_seed(1234)
     model = MODELS[net]().eval()
     dims = {d: torch.export.Dim.DYNAMIC for d in dynamic}
     ep = torch.export.export(model, (torch.rand(shape),), dynamic_shapes={"x": dims})
-    path = os.path.join(outdir, name + ".pt2")
     torch._inductor.aoti_compile_and_package(ep, package_path=path + ".tmp.pt2")
     os.replace(path + ".tmp.pt2", path)
 
@@ -337,10 +337,10 @@ def package(name, outdir):
 def packages(outdir):
     """Compile the packages that are missing or older than this file."""
     os.makedirs(outdir, exist_ok=True)
-    for name, _, _, _ in PACKAGES:
+    for name, net, shape, dynamic in PACKAGES:
         path = os.path.join(outdir, name + ".pt2")
         if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(__file__):
-            package(name, outdir)
+            compile_package(net, shape, dynamic, path)
 
 
 def main(outdir):
