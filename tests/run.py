@@ -345,6 +345,7 @@ def series_applies_with_git_am_and_each_commit_builds():
 
 import analytics  # noqa: E402,F401  (registers the dnn_detect and dnn_classify tests)
 import aoti  # noqa: E402,F401  (registers the AOTInductor package tests)
+import yuv  # noqa: E402,F401  (registers the tests of 3-channel models on YUV frames)
 
 
 def gpu_tests():

@@ -272,54 +272,6 @@ static void copy_channels_th(const torch::Tensor &planar, const torch::Tensor &p
     }
 }
 
-/** Fill dst, a C x H x W float tensor, from the frame. */
-static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
-{
-    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
-    int channels = format_channels_th(fmt);
-    torch::ScalarType type = fmt == AV_PIX_FMT_GRAYF32 ? torch::kFloat32
-                                                       : torch::kUInt8;
-    torch::Tensor src = wrap_plane_th(frame->data[0], frame->linesize[0],
-                                      frame->height, frame->width,
-                                      channels, type);
-
-    copy_channels_th(dst, src, 0);
-    if (type == torch::kUInt8)
-        dst.div_(255.0);
-}
-
-/**
- * Write src, a C x H x W float tensor, into the frame.
- * @return 1 if src holds NaN (the frame is then left as it was), 0 otherwise
- */
-static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
-                              torch::Tensor &staging)
-{
-    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
-    int channels = format_channels_th(fmt);
-    torch::ScalarType type = fmt == AV_PIX_FMT_GRAYF32 ? torch::kFloat32
-                                                       : torch::kUInt8;
-    torch::Tensor dst = wrap_plane_th(frame->data[0], frame->linesize[0],
-                                      frame->height, frame->width,
-                                      channels, type);
-
-    if (type == torch::kFloat32) {
-        if (std::isnan(src.max().item<float>()))
-            return 1;
-        copy_channels_th(src, dst, 1);
-        return 0;
-    }
-    if (!staging.defined() || staging.sizes() != src.sizes())
-        staging = torch::empty(src.sizes(), src.options());
-    torch::mul_out(staging, src, 255.0);
-    staging.clamp_(0.0, 255.0).round_();
-    /* clamp and round keep NaN; the maximum finds it in one reduction. */
-    if (std::isnan(staging.max().item<float>()))
-        return 1;
-    copy_channels_th(staging, dst, 1);
-    return 0;
-}
-
 /**
  * The samples of one plane under the region (x, y, w, h) of the frame, as an
  * h x w x channels tensor: a subsampled plane is cut to the samples that
@@ -346,35 +298,47 @@ static torch::Tensor plane_region_th(const AVFrame *frame, int plane,
 }
 
 /**
- * R, G, B in [0, 1] from Y, U, V sample values, with the frame's matrix
- * (BT.709, BT.2020, otherwise BT.601) and range (full only for JPEG range).
+ * The YUV matrix (BT.709, BT.2020, otherwise BT.601) and range (full only for
+ * JPEG range) of a frame: Y, U, V sample values are luma * luma_scale +
+ * luma_offset and chroma * chroma_scale + 128.
  */
-static torch::Tensor yuv_to_rgb_th(const AVFrame *frame, const torch::Tensor &y,
-                                   const torch::Tensor &u, const torch::Tensor &v)
+typedef struct THYuvMatrix {
+    double kr, kb, kg;
+    double luma_scale, luma_offset, chroma_scale;
+} THYuvMatrix;
+
+static THYuvMatrix yuv_matrix_th(const AVFrame *frame)
 {
-    double kr = 0.299, kb = 0.114, kg;
     int full = frame->color_range == AVCOL_RANGE_JPEG;
-    double luma_scale   = full ? 255.0 : 219.0;
-    double chroma_scale = full ? 255.0 : 224.0;
+    THYuvMatrix m = { 0.299, 0.114, 0.0, full ? 255.0 : 219.0,
+                      full ? 0.0 : 16.0, full ? 255.0 : 224.0 };
 
     switch (frame->colorspace) {
     case AVCOL_SPC_BT709:
-        kr = 0.2126;
-        kb = 0.0722;
+        m.kr = 0.2126;
+        m.kb = 0.0722;
         break;
     case AVCOL_SPC_BT2020_NCL:
     case AVCOL_SPC_BT2020_CL:
-        kr = 0.2627;
-        kb = 0.0593;
+        m.kr = 0.2627;
+        m.kb = 0.0593;
         break;
     default:
         break;
     }
-    kg = 1.0 - kr - kb;
+    m.kg = 1.0 - m.kr - m.kb;
+    return m;
+}
 
-    torch::Tensor luma = (y - (full ? 0.0 : 16.0)) / luma_scale;
-    torch::Tensor cb = (u - 128.0) / chroma_scale;
-    torch::Tensor cr = (v - 128.0) / chroma_scale;
+/** R, G, B in [0, 1] from Y, U, V sample values. */
+static torch::Tensor yuv_to_rgb_th(const AVFrame *frame, const torch::Tensor &y,
+                                   const torch::Tensor &u, const torch::Tensor &v)
+{
+    THYuvMatrix m = yuv_matrix_th(frame);
+    double kr = m.kr, kb = m.kb, kg = m.kg;
+    torch::Tensor luma = (y - m.luma_offset) / m.luma_scale;
+    torch::Tensor cb = (u - 128.0) / m.chroma_scale;
+    torch::Tensor cr = (v - 128.0) / m.chroma_scale;
     torch::Tensor r = luma + 2.0 * (1.0 - kr) * cr;
     torch::Tensor g = luma - (2.0 * kb * (1.0 - kb) / kg) * cb
                            - (2.0 * kr * (1.0 - kr) / kg) * cr;
@@ -426,6 +390,107 @@ static torch::Tensor frame_region_th(const AVFrame *frame, int channels,
                             desc->log2_chroma_h, x, y, w, h).select(2, 0).to(torch::kFloat32);
     }
     return yuv_to_rgb_th(frame, t, u, v);
+}
+
+/** Whether the frame is YUV, planar or semi-planar. */
+static int is_yuv_th(enum AVPixelFormat fmt)
+{
+    const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(fmt);
+    return desc && !(desc->flags & AV_PIX_FMT_FLAG_RGB) && desc->nb_components == 3;
+}
+
+/**
+ * Write R, G, B in [0, 1] (3 x H x W) into a YUV frame with the frame's
+ * matrix and range; each chroma sample is the mean over its block.
+ * @return 1 if src holds NaN (the frame is then left as it was), 0 otherwise
+ */
+static int rgb_to_yuv_frame_th(const torch::Tensor &src, AVFrame *frame)
+{
+    const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get((enum AVPixelFormat)frame->format);
+    THYuvMatrix m = yuv_matrix_th(frame);
+    int sub_w = 1 << desc->log2_chroma_w, sub_h = 1 << desc->log2_chroma_h;
+    int cw = AV_CEIL_RSHIFT(frame->width,  desc->log2_chroma_w);
+    int ch = AV_CEIL_RSHIFT(frame->height, desc->log2_chroma_h);
+    torch::Tensor rgb = src.clamp(0.0, 1.0);
+
+    /* clamp keeps NaN; the maximum finds it in one reduction. */
+    if (std::isnan(rgb.max().item<float>()))
+        return 1;
+    torch::Tensor luma = m.kr * rgb[0] + m.kg * rgb[1] + m.kb * rgb[2];
+    torch::Tensor chroma = torch::stack({ (rgb[2] - luma) / (2.0 * (1.0 - m.kb)),
+                                          (rgb[0] - luma) / (2.0 * (1.0 - m.kr)) });
+    if (sub_w > 1 || sub_h > 1)
+        chroma = at::avg_pool2d(chroma.unsqueeze(0), { sub_h, sub_w }, { sub_h, sub_w },
+                                { 0, 0 }, true, false)[0];
+    chroma = (chroma * m.chroma_scale + 128.0).round_().clamp_(0.0, 255.0);
+
+    wrap_plane_th(frame->data[0], frame->linesize[0], frame->height, frame->width,
+                  1, torch::kUInt8).select(2, 0)
+        .copy_((luma * m.luma_scale + m.luma_offset).round_().clamp_(0.0, 255.0));
+    if (desc->flags & AV_PIX_FMT_FLAG_PLANAR && desc->comp[1].plane != desc->comp[2].plane) {
+        for (int c = 0; c < 2; c++)
+            wrap_plane_th(frame->data[1 + c], frame->linesize[1 + c], ch, cw, 1,
+                          torch::kUInt8).select(2, 0).copy_(chroma[c]);
+    } else {
+        copy_channels_th(chroma, wrap_plane_th(frame->data[1], frame->linesize[1],
+                                               ch, cw, 2, torch::kUInt8), 1);
+    }
+    return 0;
+}
+
+/** Fill dst, a C x H x W float tensor, from the frame. */
+static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
+{
+    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
+    int channels = format_channels_th(fmt);
+    torch::ScalarType type = fmt == AV_PIX_FMT_GRAYF32 ? torch::kFloat32
+                                                       : torch::kUInt8;
+    torch::Tensor src;
+
+    /* A 3-channel model on YUV frames gets R, G, B. */
+    if (dst.size(0) == 3 && channels == 1 && is_yuv_th(fmt)) {
+        dst.copy_(frame_region_th(frame, 3, 0, 0, frame->width, frame->height));
+        return;
+    }
+    src = wrap_plane_th(frame->data[0], frame->linesize[0], frame->height,
+                        frame->width, channels, type);
+    copy_channels_th(dst, src, 0);
+    if (type == torch::kUInt8)
+        dst.div_(255.0);
+}
+
+/**
+ * Write src, a C x H x W float tensor, into the frame.
+ * @return 1 if src holds NaN (the frame is then left as it was), 0 otherwise
+ */
+static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
+                              torch::Tensor &staging)
+{
+    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
+    int channels = format_channels_th(fmt);
+    torch::ScalarType type = fmt == AV_PIX_FMT_GRAYF32 ? torch::kFloat32
+                                                       : torch::kUInt8;
+    torch::Tensor dst;
+
+    if (src.size(0) == 3 && channels == 1 && is_yuv_th(fmt))
+        return rgb_to_yuv_frame_th(src, frame);
+    dst = wrap_plane_th(frame->data[0], frame->linesize[0], frame->height,
+                        frame->width, channels, type);
+    if (type == torch::kFloat32) {
+        if (std::isnan(src.max().item<float>()))
+            return 1;
+        copy_channels_th(src, dst, 1);
+        return 0;
+    }
+    if (!staging.defined() || staging.sizes() != src.sizes())
+        staging = torch::empty(src.sizes(), src.options());
+    torch::mul_out(staging, src, 255.0);
+    staging.clamp_(0.0, 255.0).round_();
+    /* clamp and round keep NaN; the maximum finds it in one reduction. */
+    if (std::isnan(staging.max().item<float>()))
+        return 1;
+    copy_channels_th(staging, dst, 1);
+    return 0;
 }
 
 /**
@@ -628,6 +693,9 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out)
     int want = format_channels_th((enum AVPixelFormat)out->format);
     int ret;
 
+    /* A 3-channel model writes all three planes of a YUV frame. */
+    if (want == 1 && th_model->nb_channels == 3 && is_yuv_th((enum AVPixelFormat)out->format))
+        want = 3;
     if (result.size(0) != want) {
         av_log(ctx, AV_LOG_ERROR, "The model returned %d channels; %s output "
                "needs %d.\n", (int)result.size(0),

@@ -1,0 +1,107 @@
+"""3-channel models on YUV frames: the backend converts YUV to RGB with torch
+ops (the frame's matrix and range, chroma repeated over its block) and back
+(chroma the mean of its block), the conversion CUDA frames will use.
+
+References: swscale where it converts without subsampling (yuv444p), and
+elsewhere the BT.601 / BT.709 formulas written out in numpy below.
+"""
+
+import numpy as np
+
+from harness import check, model, run, test
+
+W, H = 96, 64
+# Colour blocks on block boundaries of every subsampling, so that the
+# chroma of a block is one colour, and testsrc2 for everything in between.
+BLOCKS = ("color=c=0x204060:s=%dx%d,drawbox=x=8:y=8:w=32:h=24:color=0xc03020:t=fill,"
+          "drawbox=x=48:y=16:w=40:h=40:color=0x30b050:t=fill,"
+          "drawbox=x=16:y=40:w=24:h=16:color=0xe0e0f0:t=fill" % (W, H))
+TESTSRC = "testsrc2=s=%dx%d" % (W, H)
+SUBSAMPLING = {"yuv420p": (1, 1), "yuv422p": (1, 0), "yuv444p": (0, 0),
+               "yuv410p": (2, 2), "yuv411p": (2, 0), "nv12": (1, 1)}
+MATRIX = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+
+
+def frames(src, vf, n=2):
+    rc, out, err = run(["-f", "lavfi", "-i", src + ",trim=end_frame=%d" % n, "-vf", vf,
+                        "-f", "rawvideo", "-"])
+    check(rc == 0, "ffmpeg failed on %s:\n%s" % (vf, err[-2000:]))
+    return np.frombuffer(out, np.uint8).astype(np.int32)
+
+
+def planes(data, fmt, n=2):
+    """Y, U, V of n frames as n x h x w arrays."""
+    sw, sh = SUBSAMPLING[fmt]
+    cw, ch = -(-W >> sw), -(-H >> sh)
+    data = data.reshape(n, -1)
+    y = data[:, :W * H].reshape(n, H, W)
+    c = data[:, W * H:]
+    if fmt == "nv12":
+        uv = c.reshape(n, ch, cw, 2)
+        return y, uv[..., 0], uv[..., 1]
+    return y, c[:, :cw * ch].reshape(n, ch, cw), c[:, cw * ch:].reshape(n, ch, cw)
+
+
+def reference(data, fmt, matrix, full, mix):
+    """YUV -> RGB -> mix (3 x 3) -> YUV in float64, rounded at the end."""
+    kr, kb = MATRIX[matrix]
+    kg = 1 - kr - kb
+    ys, yo, cs = (255.0, 0.0, 255.0) if full else (219.0, 16.0, 224.0)
+    sw, sh = SUBSAMPLING[fmt]
+    y, u, v = planes(data, fmt)
+    up = lambda c: np.repeat(np.repeat(c, 1 << sh, 1), 1 << sw, 2)[:, :H, :W]
+    luma, cb, cr = (y - yo) / ys, (up(u) - 128) / cs, (up(v) - 128) / cs
+    rgb = np.stack([luma + 2 * (1 - kr) * cr,
+                    luma - 2 * kb * (1 - kb) / kg * cb - 2 * kr * (1 - kr) / kg * cr,
+                    luma + 2 * (1 - kb) * cb], 1).clip(0, 1)
+    rgb = np.einsum("oc,nchw->nohw", np.array(mix), rgb).clip(0, 1)
+    luma = kr * rgb[:, 0] + kg * rgb[:, 1] + kb * rgb[:, 2]
+    chroma = [(rgb[:, 2] - luma) / (2 * (1 - kb)), (rgb[:, 0] - luma) / (2 * (1 - kr))]
+
+    def down(c):
+        bw, bh = 1 << sw, 1 << sh
+        ph, pw = -H % bh, -W % bw
+        c = np.pad(c, ((0, 0), (0, ph), (0, pw)), constant_values=np.nan)
+        n, h, w = c.shape
+        return np.nanmean(c.reshape(n, h // bh, bh, w // bw, bw), (2, 4))
+    q = lambda a: np.clip(np.round(a), 0, 255).astype(np.int32)
+    return q(luma * ys + yo), q(down(chroma[0]) * cs + 128), q(down(chroma[1]) * cs + 128)
+
+
+CONV1X1 = [[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.25, 0.25, 0.5]]
+IDENTITY = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def dnn(name):
+    return "dnn_processing=dnn_backend=torch:channels=3:model=" + model(name)
+
+
+@test
+def rgb_model_on_yuv_frames_matches_the_formulas():
+    for fmt in SUBSAMPLING:
+        for tag, matrix, full in (("", "bt601", False),
+                                  ("scale=out_color_matrix=bt709:out_range=pc,", "bt709", True)):
+            vf = "format=rgb24," + tag + "format=" + fmt
+            for name, mix in (("identity", IDENTITY), ("conv1x1", CONV1X1)):
+                src = frames(TESTSRC, vf)
+                got = planes(frames(TESTSRC, vf + "," + dnn(name)), fmt)
+                want = reference(src, fmt, matrix, full, mix)
+                for p, g, w in zip("YUV", got, want):
+                    d = np.abs(g - w).max()
+                    check(d <= 1, "%s %s %s%s: plane %s off by %d from the %s formulas"
+                          % (name, fmt, matrix, " full" if full else "", p, d, matrix))
+
+
+@test
+def rgb_model_on_yuv_frames_round_trip_and_swscale():
+    for fmt in SUBSAMPLING:
+        src = frames(BLOCKS, "format=" + fmt)
+        out = frames(BLOCKS, "format=%s,%s" % (fmt, dnn("identity")))
+        check(np.abs(out - src).max() <= 1, "%s: identity changes the frames by %d"
+              % (fmt, np.abs(out - src).max()))
+    # Without subsampling swscale is a reference: to RGB, the model, back.
+    ours = frames(TESTSRC, "format=yuv444p," + dnn("conv1x1"))
+    theirs = frames(TESTSRC, "format=yuv444p,format=rgb24,%s,format=yuv444p"
+                    % dnn("conv1x1").replace(":channels=3", ""))
+    check(np.abs(ours - theirs).max() <= 1, "yuv444p: off by %d from swscale"
+          % np.abs(ours - theirs).max())
