@@ -63,6 +63,16 @@ def check_box(got, want, what):
           "%s: box %s, drawn %s" % (what, tuple(got[:4]), corners))
 
 
+@test
+def help_lists_the_detect_and_classify_options():
+    for name, opts in (("dnn_detect", ("torch", "boxes", "yolov8", "iou", "max_boxes",
+                                        "input_size", "letterbox")),
+                       ("dnn_classify", ("torch", "target", "input_size"))):
+        rc, out, err = run(["-h", "filter=" + name])
+        for opt in opts:
+            check(opt in out.decode(), "%s missing from -h filter=%s" % (opt, name))
+
+
 # The rectangles sit where the resize maps them to whole input pixels, so
 # that a box is found to the pixel; letterbox and stretch both map it back.
 GEOMETRIES = [
