@@ -221,18 +221,61 @@ static const char *failure_hint_th(const THNet *net)
  *
  * Each plane is wrapped where it lies, with its line size as the row stride,
  * and converted by torch ops: the same code serves any device the plane
- * lives on.  Channels keep the frame's memory order (BGR24 gives B, G, R),
- * 8-bit samples map to [0, 1], GRAYF32 is taken as it is.
+ * lives on.  Channels keep the frame's memory order (BGR24 gives B, G, R;
+ * the fourth byte of RGBA, BGRA, RGB0 and BGR0 is left out), 8-bit samples
+ * map to [0, 1], 10-bit ones (P010) too, GRAYF32 is taken as it is.
  */
 
+/**
+ * Wrap a plane as height x width x channels elements of type; step is the
+ * number of elements from one pixel to the next, channels by default.
+ */
 static torch::Tensor wrap_plane_th(uint8_t *data, int linesize, int height,
                                    int width, int channels,
-                                   torch::ScalarType type)
+                                   torch::ScalarType type, int step = 0)
 {
     int64_t elem = c10::elementSize(type);
     return torch::from_blob(data, { height, width, channels },
-                            { linesize / elem, channels, 1 },
+                            { linesize / elem, step ? step : channels, 1 },
                             torch::TensorOptions().dtype(type));
+}
+
+/** Packed RGB with a fourth byte, alpha or padding, after the colour. */
+static int is_rgb32_th(enum AVPixelFormat fmt)
+{
+    return fmt == AV_PIX_FMT_RGBA || fmt == AV_PIX_FMT_BGRA ||
+           fmt == AV_PIX_FMT_RGB0 || fmt == AV_PIX_FMT_BGR0;
+}
+
+/** Bits per sample: 10 for P010, whose 16-bit samples hold them on top. */
+static int depth_th(enum AVPixelFormat fmt)
+{
+    return fmt == AV_PIX_FMT_P010 ? 10 : 8;
+}
+
+static torch::ScalarType sample_type_th(enum AVPixelFormat fmt)
+{
+    return fmt == AV_PIX_FMT_P010 ? torch::kInt16 : torch::kUInt8;
+}
+
+/** Sample values of a wrapped plane, as float. */
+static torch::Tensor samples_th(const torch::Tensor &plane, int depth)
+{
+    if (plane.scalar_type() == torch::kInt16)
+        return plane.to(torch::kInt32).bitwise_and(0xFFFF)
+                    .bitwise_right_shift(16 - depth).to(torch::kFloat32);
+    return plane.to(torch::kFloat32);
+}
+
+/** Store sample values (float) into a wrapped plane, rounded and clamped. */
+static void store_samples_th(const torch::Tensor &plane, const torch::Tensor &values,
+                             int depth)
+{
+    torch::Tensor q = values.round().clamp_(0.0, (1 << depth) - 1);
+
+    if (plane.scalar_type() == torch::kInt16)
+        q = q.to(torch::kInt32).bitwise_left_shift(16 - depth).to(torch::kInt16);
+    plane.copy_(q);
 }
 
 /** Number of channels a model must take from, or give to, a frame format. */
@@ -241,6 +284,10 @@ static int format_channels_th(enum AVPixelFormat fmt)
     switch (fmt) {
     case AV_PIX_FMT_RGB24:
     case AV_PIX_FMT_BGR24:
+    case AV_PIX_FMT_RGBA:
+    case AV_PIX_FMT_BGRA:
+    case AV_PIX_FMT_RGB0:
+    case AV_PIX_FMT_BGR0:
         return 3;
     case AV_PIX_FMT_GRAY8:
     case AV_PIX_FMT_GRAYF32:
@@ -250,6 +297,7 @@ static int format_channels_th(enum AVPixelFormat fmt)
     case AV_PIX_FMT_YUV410P:
     case AV_PIX_FMT_YUV411P:
     case AV_PIX_FMT_NV12:
+    case AV_PIX_FMT_P010:
         return 1;
     default:
         return 0;
@@ -280,15 +328,16 @@ static void copy_channels_th(const torch::Tensor &planar, const torch::Tensor &p
 static torch::Tensor plane_region_th(const AVFrame *frame, int plane,
                                      int channels, torch::ScalarType type,
                                      int log2_sub_w, int log2_sub_h,
-                                     int x, int y, int w, int h)
+                                     int x, int y, int w, int h, int step = 0)
 {
+    step = step ? step : channels;
     int px = x >> log2_sub_w, py = y >> log2_sub_h;
     int pw = ((x + w + (1 << log2_sub_w) - 1) >> log2_sub_w) - px;
     int ph = ((y + h + (1 << log2_sub_h) - 1) >> log2_sub_h) - py;
     uint8_t *data = frame->data[plane] + (ptrdiff_t)py * frame->linesize[plane] +
-                    (ptrdiff_t)px * channels * c10::elementSize(type);
+                    (ptrdiff_t)px * step * c10::elementSize(type);
     torch::Tensor t = wrap_plane_th(data, frame->linesize[plane], ph, pw,
-                                    channels, type);
+                                    channels, type, step);
 
     if (log2_sub_w)
         t = t.repeat_interleave(1 << log2_sub_w, 1).narrow(1, x - (px << log2_sub_w), w);
@@ -300,18 +349,21 @@ static torch::Tensor plane_region_th(const AVFrame *frame, int plane,
 /**
  * The YUV matrix (BT.709, BT.2020, otherwise BT.601) and range (full only for
  * JPEG range) of a frame: Y, U, V sample values are luma * luma_scale +
- * luma_offset and chroma * chroma_scale + 128.
+ * luma_offset and chroma * chroma_scale + chroma_offset.
  */
 typedef struct THYuvMatrix {
     double kr, kb, kg;
-    double luma_scale, luma_offset, chroma_scale;
+    double luma_scale, luma_offset, chroma_scale, chroma_offset;
 } THYuvMatrix;
 
 static THYuvMatrix yuv_matrix_th(const AVFrame *frame)
 {
+    int depth = depth_th((enum AVPixelFormat)frame->format);
     int full = frame->color_range == AVCOL_RANGE_JPEG;
-    THYuvMatrix m = { 0.299, 0.114, 0.0, full ? 255.0 : 219.0,
-                      full ? 0.0 : 16.0, full ? 255.0 : 224.0 };
+    double max = (1 << depth) - 1, unit = 1 << (depth - 8);
+    THYuvMatrix m = { 0.299, 0.114, 0.0, full ? max : 219.0 * unit,
+                      full ? 0.0 : 16.0 * unit, full ? max : 224.0 * unit,
+                      (double)(1 << (depth - 1)) };
 
     switch (frame->colorspace) {
     case AVCOL_SPC_BT709:
@@ -337,8 +389,8 @@ static torch::Tensor yuv_to_rgb_th(const AVFrame *frame, const torch::Tensor &y,
     THYuvMatrix m = yuv_matrix_th(frame);
     double kr = m.kr, kb = m.kb, kg = m.kg;
     torch::Tensor luma = (y - m.luma_offset) / m.luma_scale;
-    torch::Tensor cb = (u - 128.0) / m.chroma_scale;
-    torch::Tensor cr = (v - 128.0) / m.chroma_scale;
+    torch::Tensor cb = (u - m.chroma_offset) / m.chroma_scale;
+    torch::Tensor cr = (v - m.chroma_offset) / m.chroma_scale;
     torch::Tensor r = luma + 2.0 * (1.0 - kr) * cr;
     torch::Tensor g = luma - (2.0 * kb * (1.0 - kb) / kg) * cb
                            - (2.0 * kr * (1.0 - kr) / kg) * cr;
@@ -359,10 +411,18 @@ static torch::Tensor frame_region_th(const AVFrame *frame, int channels,
     const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(fmt);
     torch::Tensor t;
 
+    int depth = depth_th(fmt);
+    torch::ScalarType type = sample_type_th(fmt);
+
     switch (fmt) {
     case AV_PIX_FMT_RGB24:
     case AV_PIX_FMT_BGR24:
-        t = plane_region_th(frame, 0, 3, torch::kUInt8, 0, 0, x, y, w, h);
+    case AV_PIX_FMT_RGBA:
+    case AV_PIX_FMT_BGRA:
+    case AV_PIX_FMT_RGB0:
+    case AV_PIX_FMT_BGR0:
+        t = plane_region_th(frame, 0, 3, torch::kUInt8, 0, 0, x, y, w, h,
+                            is_rgb32_th(fmt) ? 4 : 3);
         return t.permute({ 2, 0, 1 }).to(torch::kFloat32).div_(255.0);
     case AV_PIX_FMT_GRAYF32:
         t = plane_region_th(frame, 0, 1, torch::kFloat32, 0, 0, x, y, w, h);
@@ -371,23 +431,23 @@ static torch::Tensor frame_region_th(const AVFrame *frame, int channels,
         break;
     }
 
-    t = plane_region_th(frame, 0, 1, torch::kUInt8, 0, 0, x, y, w, h)
-            .select(2, 0).to(torch::kFloat32);
+    t = samples_th(plane_region_th(frame, 0, 1, type, 0, 0, x, y, w, h).select(2, 0),
+                   depth);
     if (desc->nb_components == 1 || channels == 1)
-        return t.div_(255.0).unsqueeze(0).expand({ channels, h, w }).contiguous();
+        return t.div_((1 << depth) - 1).unsqueeze(0).expand({ channels, h, w }).contiguous();
 
     torch::Tensor u, v;
-    if (fmt == AV_PIX_FMT_NV12) {
-        torch::Tensor uv = plane_region_th(frame, 1, 2, torch::kUInt8,
-                                           desc->log2_chroma_w, desc->log2_chroma_h,
-                                           x, y, w, h).to(torch::kFloat32);
+    if (desc->comp[1].plane == desc->comp[2].plane) {
+        torch::Tensor uv = samples_th(plane_region_th(frame, 1, 2, type,
+                                                      desc->log2_chroma_w, desc->log2_chroma_h,
+                                                      x, y, w, h), depth);
         u = uv.select(2, 0);
         v = uv.select(2, 1);
     } else {
-        u = plane_region_th(frame, 1, 1, torch::kUInt8, desc->log2_chroma_w,
-                            desc->log2_chroma_h, x, y, w, h).select(2, 0).to(torch::kFloat32);
-        v = plane_region_th(frame, 2, 1, torch::kUInt8, desc->log2_chroma_w,
-                            desc->log2_chroma_h, x, y, w, h).select(2, 0).to(torch::kFloat32);
+        u = samples_th(plane_region_th(frame, 1, 1, type, desc->log2_chroma_w,
+                                       desc->log2_chroma_h, x, y, w, h).select(2, 0), depth);
+        v = samples_th(plane_region_th(frame, 2, 1, type, desc->log2_chroma_w,
+                                       desc->log2_chroma_h, x, y, w, h).select(2, 0), depth);
     }
     return yuv_to_rgb_th(frame, t, u, v);
 }
@@ -406,8 +466,11 @@ static int is_yuv_th(enum AVPixelFormat fmt)
  */
 static int rgb_to_yuv_frame_th(const torch::Tensor &src, AVFrame *frame)
 {
-    const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get((enum AVPixelFormat)frame->format);
+    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
+    const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(fmt);
     THYuvMatrix m = yuv_matrix_th(frame);
+    int depth = depth_th(fmt);
+    torch::ScalarType type = sample_type_th(fmt);
     int sub_w = 1 << desc->log2_chroma_w, sub_h = 1 << desc->log2_chroma_h;
     int cw = AV_CEIL_RSHIFT(frame->width,  desc->log2_chroma_w);
     int ch = AV_CEIL_RSHIFT(frame->height, desc->log2_chroma_h);
@@ -422,18 +485,18 @@ static int rgb_to_yuv_frame_th(const torch::Tensor &src, AVFrame *frame)
     if (sub_w > 1 || sub_h > 1)
         chroma = at::avg_pool2d(chroma.unsqueeze(0), { sub_h, sub_w }, { sub_h, sub_w },
                                 { 0, 0 }, true, false)[0];
-    chroma = (chroma * m.chroma_scale + 128.0).round_().clamp_(0.0, 255.0);
+    chroma = chroma * m.chroma_scale + m.chroma_offset;
 
-    wrap_plane_th(frame->data[0], frame->linesize[0], frame->height, frame->width,
-                  1, torch::kUInt8).select(2, 0)
-        .copy_((luma * m.luma_scale + m.luma_offset).round_().clamp_(0.0, 255.0));
-    if (desc->flags & AV_PIX_FMT_FLAG_PLANAR && desc->comp[1].plane != desc->comp[2].plane) {
+    store_samples_th(wrap_plane_th(frame->data[0], frame->linesize[0], frame->height,
+                                   frame->width, 1, type).select(2, 0),
+                     luma * m.luma_scale + m.luma_offset, depth);
+    if (desc->comp[1].plane != desc->comp[2].plane) {
         for (int c = 0; c < 2; c++)
-            wrap_plane_th(frame->data[1 + c], frame->linesize[1 + c], ch, cw, 1,
-                          torch::kUInt8).select(2, 0).copy_(chroma[c]);
+            store_samples_th(wrap_plane_th(frame->data[1 + c], frame->linesize[1 + c],
+                                           ch, cw, 1, type).select(2, 0), chroma[c], depth);
     } else {
-        copy_channels_th(chroma, wrap_plane_th(frame->data[1], frame->linesize[1],
-                                               ch, cw, 2, torch::kUInt8), 1);
+        store_samples_th(wrap_plane_th(frame->data[1], frame->linesize[1], ch, cw, 2, type),
+                         chroma.permute({ 1, 2, 0 }), depth);
     }
     return 0;
 }
@@ -447,13 +510,14 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
                                                        : torch::kUInt8;
     torch::Tensor src;
 
-    /* A 3-channel model on YUV frames gets R, G, B. */
-    if (dst.size(0) == 3 && channels == 1 && is_yuv_th(fmt)) {
-        dst.copy_(frame_region_th(frame, 3, 0, 0, frame->width, frame->height));
+    /* A 3-channel model on YUV frames gets R, G, B; P010 is converted
+     * there too. */
+    if ((dst.size(0) == 3 && channels == 1 && is_yuv_th(fmt)) || depth_th(fmt) != 8) {
+        dst.copy_(frame_region_th(frame, dst.size(0), 0, 0, frame->width, frame->height));
         return;
     }
     src = wrap_plane_th(frame->data[0], frame->linesize[0], frame->height,
-                        frame->width, channels, type);
+                        frame->width, channels, type, is_rgb32_th(fmt) ? 4 : 0);
     copy_channels_th(dst, src, 0);
     if (type == torch::kUInt8)
         dst.div_(255.0);
@@ -474,8 +538,18 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
 
     if (src.size(0) == 3 && channels == 1 && is_yuv_th(fmt))
         return rgb_to_yuv_frame_th(src, frame);
+    if (depth_th(fmt) != 8) {
+        int max = (1 << depth_th(fmt)) - 1;
+        torch::Tensor values = src[0] * max;
+        if (std::isnan(values.max().item<float>()))
+            return 1;
+        store_samples_th(wrap_plane_th(frame->data[0], frame->linesize[0], frame->height,
+                                       frame->width, 1, sample_type_th(fmt)).select(2, 0),
+                         values, depth_th(fmt));
+        return 0;
+    }
     dst = wrap_plane_th(frame->data[0], frame->linesize[0], frame->height,
-                        frame->width, channels, type);
+                        frame->width, channels, type, is_rgb32_th(fmt) ? 4 : 0);
     if (type == torch::kFloat32) {
         if (std::isnan(src.max().item<float>()))
             return 1;
@@ -709,10 +783,22 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out)
             return ret;
     }
     try {
+        const AVFrame *in = request->lltasks[index]->task->in_frame;
         if (tensor_to_frame_th(result, out, *request->staging)) {
             av_log(ctx, AV_LOG_ERROR, "The model returned NaN; check its "
                    "weights and that it expects input in [0, 1].\n");
             return AVERROR(EINVAL);
+        }
+        /* The fourth byte is the input's where the size allows, else opaque. */
+        if (is_rgb32_th((enum AVPixelFormat)out->format)) {
+            torch::Tensor alpha = wrap_plane_th(out->data[0] + 3, out->linesize[0],
+                                                out->height, out->width, 1,
+                                                torch::kUInt8, 4);
+            if (in->width == out->width && in->height == out->height)
+                alpha.copy_(wrap_plane_th(in->data[0] + 3, in->linesize[0], in->height,
+                                          in->width, 1, torch::kUInt8, 4));
+            else
+                alpha.fill_(255);
         }
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "Could not write the model's output: %s\n",
