@@ -210,20 +210,29 @@ def detect_error(name, layout, *words, opts="", fmt="rgb24"):
     expect_error(detect(name, layout, opts), *words, fmt=fmt)
 
 
-@test
-def output_not_in_the_chosen_layout():
-    detect_error("ret4cols", "boxes", "boxes needs", "[1, 3, 4]")
-    detect_error("ret4cols", "yolov8", "yolov8 needs")
-    detect_error("det_boxes", "ssd", "ssd needs", "[1, 1, 6]")
-    detect_error("retflat", "boxes", "boxes needs", "[6]")
-    detect_error("det_ssd", "yolov8", "yolov8 needs")
+# Outputs that do not fit the chosen layout, or are no tensor at all: each
+# a test of its own, a clear error naming the cause.
+DETECT_ERRORS = {
+    "too_few_columns_for_boxes": ("ret4cols", "boxes", ("boxes needs", "[1, 3, 4]")),
+    "too_few_rows_for_yolov8": ("ret4cols", "yolov8", ("yolov8 needs", "[1, 3, 4]")),
+    "boxes_given_to_ssd": ("det_boxes", "ssd", ("ssd needs", "[1, 1, 6]")),
+    "rank_1_for_boxes": ("retflat", "boxes", ("boxes needs", "[6]")),
+    "ssd_given_to_yolov8": ("det_ssd", "yolov8", ("yolov8 needs", "[1, 1, 1, 7]")),
+    "rank_5": ("ret5d", "boxes", ("at most 4 dimensions",)),
+    "tuple_output": ("tuple", "boxes", ("tuple of 2 values", "single tensor")),
+    "forward_throws": ("throws", "boxes", ("4 channels",)),
+}
 
 
-@test
-def detector_returns_no_usable_tensor():
-    detect_error("ret5d", "boxes", "at most 4 dimensions")
-    detect_error("tuple", "boxes", "tuple of 2 values", "single tensor")
-    detect_error("throws", "boxes", "4 channels")
+def register_detect_error(name, net, layout, words):
+    def case():
+        detect_error(net, layout, *words)
+    case.__name__ = "detect_error_" + name
+    test(case)
+
+
+for _name, (_net, _layout, _words) in DETECT_ERRORS.items():
+    register_detect_error(_name, _net, _layout, _words)
 
 
 @test
