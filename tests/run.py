@@ -83,7 +83,7 @@ def gray_model_takes_the_y_plane():
 
 @test
 def grayf32_is_taken_as_float():
-    w, h, n = 64, 48, 2
+    n = 2
     src = np.frombuffer(raw_frames("64x48", n, "grayf32"), np.float32)
     out = np.frombuffer(process(FFMPEG, "64x48", n, "grayf32",
                                 "dnn_processing=" + torch_filter("gray")), np.float32)
