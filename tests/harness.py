@@ -20,10 +20,17 @@ TMP = tempfile.mkdtemp(prefix="dnn-torch-tests-")
 TIMEOUT = 600 if SANITIZE else 180
 
 TESTS = []
+GPU_TESTS = []
 
 
 def test(fn):
     TESTS.append(fn)
+    return fn
+
+
+def gpu_test(fn):
+    """A test for `make check-gpu`, run only where CUDA is available."""
+    GPU_TESTS.append(fn)
     return fn
 
 

@@ -322,14 +322,15 @@ PACKAGES = [
 ]
 
 
-def compile_package(net, shape, dynamic, path):
+def compile_package(net, shape, dynamic, path, device="cpu"):
     """Export model net with an example input of shape, the dimensions in
-    dynamic left free, and compile it into the package path: tens of
-    seconds each."""
+    dynamic left free, and compile it for device into the package path:
+    tens of seconds each."""
     torch.manual_seed(1234)
-    model = MODELS[net]().eval()
+    model = MODELS[net]().eval().to(device)
     dims = {d: torch.export.Dim.DYNAMIC for d in dynamic}
-    ep = torch.export.export(model, (torch.rand(shape),), dynamic_shapes={"x": dims})
+    ep = torch.export.export(model, (torch.rand(shape, device=device),),
+                             dynamic_shapes={"x": dims})
     torch._inductor.aoti_compile_and_package(ep, package_path=path + ".tmp.pt2")
     os.replace(path + ".tmp.pt2", path)
 

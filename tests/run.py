@@ -348,24 +348,12 @@ import aoti  # noqa: E402,F401  (registers the AOTInductor package tests)
 import yuv  # noqa: E402,F401  (registers the tests of 3-channel models on YUV frames)
 
 
-def gpu_tests():
-    if not torch.cuda.is_available():
-        print("skipped: no GPU")
-        return 0
-    print("no CUDA tests yet")
-    return 0
+import gpu  # noqa: E402,F401  (registers the CUDA tests of make check-gpu)
 
 
-def main():
-    argv = sys.argv[1:]
-    if "--gpu" in argv:
-        sys.exit(gpu_tests())
-    os.makedirs(MODELS, exist_ok=True)
-    models.main(MODELS)
-    models.packages(MODELS)
-    selected = [t for t in TESTS if not argv or any(a in t.__name__ for a in argv)]
+def run_tests(tests):
     passed = failed = 0
-    for t in selected:
+    for t in tests:
         try:
             t()
         except Failure as e:
@@ -378,7 +366,20 @@ def main():
             passed += 1
             print("ok   %s" % t.__name__, flush=True)
     print("%d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
+
+
+def main():
+    argv = [a for a in sys.argv[1:] if a != "--gpu"]
+    on_gpu = "--gpu" in sys.argv[1:]
+    if on_gpu and not torch.cuda.is_available():
+        print("skipped: no GPU")
+        sys.exit(0)
+    os.makedirs(MODELS, exist_ok=True)
+    models.main(MODELS)
+    models.packages(MODELS)
+    tests = GPU_TESTS if on_gpu else TESTS
+    sys.exit(run_tests([t for t in tests if not argv or any(a in t.__name__ for a in argv)]))
 
 
 if __name__ == "__main__":
