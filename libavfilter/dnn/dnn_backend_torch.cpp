@@ -387,14 +387,13 @@ static torch::Tensor yuv_to_rgb_th(const AVFrame *frame, const torch::Tensor &y,
                                    const torch::Tensor &u, const torch::Tensor &v)
 {
     THYuvMatrix m = yuv_matrix_th(frame);
-    double kr = m.kr, kb = m.kb, kg = m.kg;
     torch::Tensor luma = (y - m.luma_offset) / m.luma_scale;
     torch::Tensor cb = (u - m.chroma_offset) / m.chroma_scale;
     torch::Tensor cr = (v - m.chroma_offset) / m.chroma_scale;
-    torch::Tensor r = luma + 2.0 * (1.0 - kr) * cr;
-    torch::Tensor g = luma - (2.0 * kb * (1.0 - kb) / kg) * cb
-                           - (2.0 * kr * (1.0 - kr) / kg) * cr;
-    torch::Tensor b = luma + 2.0 * (1.0 - kb) * cb;
+    torch::Tensor r = luma + 2.0 * (1.0 - m.kr) * cr;
+    torch::Tensor g = luma - (2.0 * m.kb * (1.0 - m.kb) / m.kg) * cb
+                           - (2.0 * m.kr * (1.0 - m.kr) / m.kg) * cr;
+    torch::Tensor b = luma + 2.0 * (1.0 - m.kb) * cb;
     return torch::stack({ r, g, b }).clamp_(0.0, 1.0);
 }
 
@@ -409,26 +408,18 @@ static torch::Tensor frame_region_th(const AVFrame *frame, int channels,
 {
     enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
     const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(fmt);
-    torch::Tensor t;
-
     int depth = depth_th(fmt);
     torch::ScalarType type = sample_type_th(fmt);
+    torch::Tensor t;
 
-    switch (fmt) {
-    case AV_PIX_FMT_RGB24:
-    case AV_PIX_FMT_BGR24:
-    case AV_PIX_FMT_RGBA:
-    case AV_PIX_FMT_BGRA:
-    case AV_PIX_FMT_RGB0:
-    case AV_PIX_FMT_BGR0:
+    if (format_channels_th(fmt) == 3) {
         t = plane_region_th(frame, 0, 3, torch::kUInt8, 0, 0, x, y, w, h,
                             is_rgb32_th(fmt) ? 4 : 3);
         return t.permute({ 2, 0, 1 }).to(torch::kFloat32).div_(255.0);
-    case AV_PIX_FMT_GRAYF32:
+    }
+    if (fmt == AV_PIX_FMT_GRAYF32) {
         t = plane_region_th(frame, 0, 1, torch::kFloat32, 0, 0, x, y, w, h);
         return t.permute({ 2, 0, 1 }).expand({ channels, h, w }).contiguous();
-    default:
-        break;
     }
 
     t = samples_th(plane_region_th(frame, 0, 1, type, 0, 0, x, y, w, h).select(2, 0),
@@ -617,8 +608,8 @@ static void set_error_th(THModel *th_model, int err)
 }
 
 /**
- * The model input size: input_size for a detector or classifier that has it,
- * otherwise the frame's size.
+ * The model input size: input_size where given (only a detector or classifier
+ * takes it, see dnn_load_model_th), otherwise the frame's size.
  */
 static void input_size_th(const THModel *th_model, const AVFrame *frame,
                           int *width, int *height)
@@ -627,7 +618,7 @@ static void input_size_th(const THModel *th_model, const AVFrame *frame,
 
     *width  = frame->width;
     *height = frame->height;
-    if (th_model->model.func_type != DFT_PROCESS_FRAME && opts->input_width) {
+    if (opts->input_width) {
         *width  = opts->input_width;
         *height = opts->input_height;
     }
@@ -1019,7 +1010,7 @@ static int probe_channels_th(THModel *th_model)
         return 0;
     /* A classifier's linear layers may take no other size than its own,
      * nor may a package compiled for one frame size. */
-    if (th_model->model.func_type != DFT_PROCESS_FRAME && opts->input_width) {
+    if (opts->input_width) {
         width  = opts->input_width;
         height = opts->input_height;
     } else if (th_model->net->fixed_batch() && filter_ctx && filter_ctx->nb_inputs &&
@@ -1069,7 +1060,7 @@ static int get_input_th(DNNModel *model, DNNData *input, const char *input_name)
     input->dims[1] = th_model->nb_channels;
     input->dims[2] = -1;
     input->dims[3] = -1;
-    if (model->func_type != DFT_PROCESS_FRAME && th_model->ctx->torch_option.input_width) {
+    if (th_model->ctx->torch_option.input_width) {
         input->dims[2] = th_model->ctx->torch_option.input_height;
         input->dims[3] = th_model->ctx->torch_option.input_width;
     }
