@@ -18,7 +18,8 @@ JOBS     ?= $(shell nproc)
 
 # Files of ours that replace or extend the upstream tree, and one diff per
 # upstream file we change (patches/<path>.diff).
-OUR_FILES := libavfilter/dnn/dnn_backend_torch.cpp tests/fate/dnn-torch.mak \
+OUR_FILES := libavfilter/dnn/dnn_backend_torch.cpp libavfilter/dnn/dnn_cuda.c \
+             libavfilter/dnn/dnn_cuda.h tests/fate/dnn-torch.mak \
              tests/ref/fate/dnn-torch-rgb24 tests/ref/fate/dnn-torch-yuv420p
 PATCHES   := $(shell find patches -name '*.diff' 2>/dev/null | sort)
 PATCHED   := $(patsubst patches/%.diff,%,$(PATCHES))
@@ -39,7 +40,7 @@ FF_CONFIG = --disable-everything --disable-autodetect --disable-doc \
     $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda) \
     $(if $(filter no,$(X86ASM)),--disable-x86asm) \
     --enable-libtorch \
-    --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include' \
+    --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include$(if $(CUDA_INCLUDE), -I$(CUDA_INCLUDE))' \
     --extra-ldflags='-L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib' \
     $(if $(SANITIZE),--toolchain=gcc-$(SAN_TOOLCHAIN_$(SANITIZE)))
 comma := ,
@@ -83,7 +84,7 @@ TREE := $(SRC)/.stamp $(addprefix $(SRC)/,$(OUR_FILES) $(PATCHED))
 
 # FFmpeg's configure runs once per tree; edits to our files and diffs only
 # rebuild what depends on them.
-$(OBJ)/ffbuild/config.mak: $(SRC)/.stamp $(B)/config.mk
+$(OBJ)/ffbuild/config.mak: $(SRC)/.stamp $(SRC)/configure $(B)/config.mk
 	mkdir -p $(OBJ)
 	cd $(OBJ) && $(FF_ENV) $(CURDIR)/$(SRC)/configure $(FF_CONFIG) > configure.log 2>&1 || \
 	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(OBJ)/configure.log"; exit 1; }

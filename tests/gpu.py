@@ -1,16 +1,50 @@
-"""`make check-gpu`: what runs on a CUDA device today, against the same run on
-the CPU.  CPU frames with device=cuda go to the GPU and back; CUDA frames
-(AV_PIX_FMT_CUDA) are not taken yet, so these tests do not cover them.
+"""`make check-gpu`: the CUDA device against the CPU.  CPU frames with
+device=cuda go to the GPU and back; CUDA frames (AV_PIX_FMT_CUDA, from
+hwupload) stay there, and must give the frames of the CPU path, with no copy
+between host and device.
 """
 
 import os
+import re
+import shutil
+import subprocess
+import threading
+import time
 
 import numpy as np
 
 import models
 from analytics import detect, drawn, side_data
-from harness import (TMP, check, expect_error, gpu_test, max_diff, model, process,
-                     torch_filter)
+from harness import (FFMPEG, TMP, check, expect_error, gpu_test, max_diff, model,
+                     process, run, source, torch_filter)
+
+# The device in its primary context, which LibTorch shares (see the README).
+CUDA_DEVICE = ["-init_hw_device", "cuda=cu:0,primary_ctx=1", "-filter_hw_device", "cu"]
+# sw_formats of CUDA frames, with the raw format ffmpeg writes them in.
+CUDA_FORMATS = ("nv12", "p010le", "yuv420p", "yuv444p", "bgra", "rgba", "bgr0", "rgb0")
+COPIED = re.compile(r"Host-device copies of frame data: (\d+) bytes")
+
+
+def cuda_process(size, frames, fmt, vf, device=CUDA_DEVICE, loglevel="error"):
+    """Frames uploaded, through vf on the GPU, downloaded: (raw output, log)."""
+    args = source(size, frames, fmt)
+    args[-1] += ",hwupload,%s,hwdownload,format=%s" % (vf, fmt)
+    rc, out, err = run(device + args + ["-f", "rawvideo", "-"], loglevel=loglevel)
+    check(rc == 0, "ffmpeg failed (%d): %s" % (rc, err[-3000:]))
+    return out, err
+
+
+def copied_bytes(log):
+    found = COPIED.findall(log)
+    check(found, "no host-device byte count in the log:\n" + log[-2000:])
+    return sum(int(n) for n in found)
+
+
+def samples(data, fmt):
+    """Raw frames as sample values: 10-bit ones for P010, bytes otherwise."""
+    if fmt == "p010le":
+        return np.frombuffer(data, np.uint16) >> 6
+    return np.frombuffer(data, np.uint8)
 
 
 def on_both(name, size, fmt, extra=""):
@@ -68,3 +102,99 @@ def cuda_package():
     expect_error("dnn_processing=dnn_backend=torch:model=" + path, "compiled for cuda")
     expect_error("dnn_processing=dnn_backend=torch:model=%s:device=cuda"
                  % model("conv1x1").replace(".pt", "_dyn.pt2"), "compiled for cpu")
+
+
+@gpu_test
+def cuda_frames_give_the_cpu_frames_without_copies():
+    """Every sw_format, 3- and 1-channel models, a resizing model: the CUDA
+    path equals the CPU path within 1 sample and copies nothing."""
+    cases = [("conv1x1", fmt, "channels=3") for fmt in CUDA_FORMATS]
+    cases += [("gray", fmt, "") for fmt in ("nv12", "p010le", "yuv420p", "yuv444p")]
+    cases += [("upx2", "nv12", ""), ("upx2", "bgra", ""), ("gray_up2", "yuv420p", ""), ("gray_up2", "p010le", "")]
+    for name, fmt, extra in cases:
+        opts = "device=cuda" + (":" + extra if extra else "")
+        want = process(None, "96x64", 4, fmt,
+                       "dnn_processing=" + torch_filter(name, extra))
+        got, log = cuda_process("96x64", 4, fmt, "dnn_processing=" + torch_filter(name, opts),
+                                loglevel="verbose")
+        a, b = samples(want, fmt), samples(got, fmt)
+        check(a.size == b.size, "%s on cuda %s: %d samples, cpu %d" % (name, fmt, b.size, a.size))
+        check(max_diff(a, b) <= 1, "%s on cuda %s: off by %d from the cpu"
+              % (name, fmt, max_diff(a, b)))
+        check(copied_bytes(log) == 0, "%s on cuda %s: %d bytes copied between host "
+              "and device" % (name, fmt, copied_bytes(log)))
+
+
+@gpu_test
+def cpu_frames_on_cuda_device_are_counted():
+    args = source("96x64", 3, "rgb24")
+    args[-1] += ",dnn_processing=" + torch_filter("conv1x1", "device=cuda")
+    rc, _, err = run(args + ["-f", "null", "-"], loglevel="verbose")
+    check(rc == 0, "ffmpeg failed: " + err[-2000:])
+    # 3 frames of 3 x 64 x 96 floats, there and back.
+    check(copied_bytes(err) == 2 * 3 * 3 * 64 * 96 * 4,
+          "copied %d bytes for 3 frames" % copied_bytes(err))
+
+
+@gpu_test
+def cuda_frames_through_requests_and_batches():
+    base, _ = cuda_process("64x48", 23, "nv12", "dnn_processing=" +
+                           torch_filter("conv3", "device=cuda:channels=3:async=0:batch_size=1"))
+    for cfg in ("async=1:nireq=4", "async=1:nireq=4:batch_size=4", "async=0:batch_size=3"):
+        got, _ = cuda_process("64x48", 23, "nv12", "dnn_processing=" +
+                              torch_filter("conv3", "device=cuda:channels=3:" + cfg))
+        check(got == base, "cuda frames with %s differ from async=0:batch_size=1" % cfg)
+
+
+@gpu_test
+def cuda_frames_in_another_context_are_refused():
+    for device, upload in ((["-init_hw_device", "cuda=cu:0", "-filter_hw_device", "cu"],
+                            "hwupload"), ([], "hwupload_cuda")):
+        args = source("64x48", 3, "nv12")
+        args[-1] += ",%s,dnn_processing=%s" % (upload, torch_filter("gray", "device=cuda"))
+        rc, _, err = run(device + args + ["-f", "null", "-"])
+        check(rc != 0, "ffmpeg exited 0 with CUDA frames in a non-primary context")
+        check("primary_ctx=1" in err, "the error lacks the fix:\n" + err[-2000:])
+
+
+def gpu_memory_mib(pid):
+    """GPU memory of one process, from nvidia-smi; None if not listed."""
+    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                          "--format=csv,noheader,nounits"],
+                         stdout=subprocess.PIPE, text=True).stdout
+    for line in out.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid):
+            return int(fields[1])
+    return None
+
+
+@gpu_test
+def cuda_frames_2000_at_1080p_with_flat_memory():
+    check(shutil.which("nvidia-smi"), "nvidia-smi not found")
+    vf = ("hwupload,dnn_processing=%s,hwdownload,format=nv12"
+          % torch_filter("conv3", "device=cuda:channels=3:async=1:nireq=4:batch_size=4"))
+    cmd = ([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"] + CUDA_DEVICE +
+           ["-f", "lavfi", "-i", "color=c=0x336699:s=1920x1080:r=25", "-frames:v", "2000",
+            "-vf", "format=nv12," + vf, "-f", "framemd5", "-"])
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    used = []
+
+    def sample():
+        while p.poll() is None:
+            mib = gpu_memory_mib(p.pid)
+            if mib is not None:
+                used.append(mib)
+            time.sleep(0.5)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out, err = p.communicate(timeout=600)
+    sampler.join()
+    check(p.returncode == 0, "ffmpeg failed (%d): %s" % (p.returncode, err[-2000:]))
+    nframes = sum(1 for line in out.splitlines() if line and not line.startswith("#"))
+    check(nframes == 2000, "%d frames out of 2000" % nframes)
+    check(len(used) >= 6, "too few GPU memory samples (%d) to judge" % len(used))
+    # After the first third, the pools and LibTorch's cache are at their size.
+    late = used[len(used) // 3:]
+    check(max(late) - min(late) <= 64, "GPU memory grew from %d to %d MiB"
+          % (min(late), max(late)))

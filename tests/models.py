@@ -101,6 +101,13 @@ class GrayInvert(nn.Module):
         return self.conv(x)
 
 
+class GrayInvertX2(nn.Module):
+    """One channel in and out, inverted and doubled in size (nearest): exact."""
+
+    def forward(self, x):
+        return F.interpolate(1.0 - x, scale_factor=2.0, mode="nearest")
+
+
 class Sharpen(nn.Module):
     """Demo: x2 upscale, then an unsharp mask that makes edges glow."""
 
@@ -284,6 +291,7 @@ MODELS = {
     "conv3": Conv3,
     "upx2": UpscaleX2,
     "gray": GrayInvert,
+    "gray_up2": GrayInvertX2,
     "sharpen": Sharpen,
     "throws": Throws,
     "ret3d": Returns3D,

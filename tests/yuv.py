@@ -8,6 +8,8 @@ elsewhere the BT.601 / BT.709 formulas written out in numpy below.
 """
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from harness import check, model, run, test
 
@@ -39,13 +41,13 @@ def frames(src, vf, fmt="", n=2):
     return np.frombuffer(out, np.uint8).astype(np.int32)
 
 
-def planes(data, fmt, n=2):
-    """Y, U, V of n frames as n x h x w arrays."""
+def planes(data, fmt, n=2, w=W, h=H):
+    """Y, U, V of n frames of w x h as n x h x w arrays."""
     sw, sh = SUBSAMPLING[fmt]
-    cw, ch = -(-W >> sw), -(-H >> sh)
+    cw, ch = -(-w >> sw), -(-h >> sh)
     data = data.reshape(n, -1)
-    y = data[:, :W * H].reshape(n, H, W)
-    c = data[:, W * H:]
+    y = data[:, :w * h].reshape(n, h, w)
+    c = data[:, w * h:]
     if fmt in SEMIPLANAR:
         uv = c.reshape(n, ch, cw, 2)
         return y, uv[..., 0], uv[..., 1]
@@ -142,3 +144,22 @@ def packed_rgb_with_a_fourth_byte():
         want = np.clip(np.round(np.einsum("oc,nhwc->nhwo", mix, inp[..., :3] / 255.0) * 255), 0, 255)
         check(np.abs(out[..., :3] - want).max() == 0, "%s: colour differs from the 1x1 conv" % fmt)
         check(np.array_equal(out[..., 3], inp[..., 3]), "%s: fourth byte not kept" % fmt)
+
+
+@test
+def gray_upscaler_resizes_the_chroma_bicubically():
+    """A 1-channel model that doubles the size writes Y; the backend resizes
+    the chroma itself (as it must on CUDA frames), bicubically."""
+    for fmt in ("yuv420p", "nv12", "p010le", "yuv444p"):
+        top = (1 << depth(fmt)) - 1
+        src = planes(frames(TESTSRC, "format=" + fmt, fmt), fmt)
+        vf = "format=%s,dnn_processing=dnn_backend=torch:model=%s" % (fmt, model("gray_up2"))
+        out = planes(frames(TESTSRC, vf, fmt), fmt, w=2 * W, h=2 * H)
+        want_y = np.repeat(np.repeat(top - src[0], 2, 1), 2, 2)
+        check(np.array_equal(out[0], want_y), "%s: Y is not the inverted, doubled Y" % fmt)
+        for p, s_, o in zip("UV", src[1:], out[1:]):
+            c = torch.from_numpy(s_.astype(np.float32)).unsqueeze(1)
+            want = F.interpolate(c, size=o.shape[1:], mode="bicubic", align_corners=False)
+            want = want.squeeze(1).round().clamp(0, top).numpy().astype(np.int32)
+            d = np.abs(o - want).max()
+            check(d <= 1, "%s: plane %s off by %d from bicubic resizing" % (fmt, p, d))

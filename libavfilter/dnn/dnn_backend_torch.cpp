@@ -32,8 +32,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
+
+extern "C" {
+#include "config.h"
+}
 
 #include <ATen/Parallel.h>
 #include <caffe2/serialize/inline_container.h>
@@ -41,6 +46,13 @@
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/version.h>
+#if HAVE_LIBTORCH_CUDA
+/* Only what c10_cuda exports: the CUDA runtime is not linked directly. */
+#include <c10/core/Event.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 extern "C" {
 #include "dnn_backend_common.h"
@@ -48,12 +60,16 @@ extern "C" {
 #include "libavutil/avstring.h"
 #include "libavutil/cpu.h"
 #include "libavutil/detection_bbox.h"
+#include "libavutil/hwcontext.h"
 #include "libavutil/mem.h"
 #include "libavutil/opt.h"
 #include "libavutil/pixdesc.h"
 #include "libavutil/thread.h"
 #include "queue.h"
 #include "safe_queue.h"
+#if HAVE_LIBTORCH_CUDA
+#include "dnn_cuda.h"
+#endif
 }
 
 /** Size of the zero input used to probe the model's input channel count. */
@@ -81,6 +97,16 @@ typedef struct THModel {
      */
     AVMutex mutex;
     int error;
+    /** Bytes of frame data copied between host and device, under mutex. */
+    int64_t transferred;
+    /**
+     * CUDA frames (AV_PIX_FMT_CUDA): the frames context last checked, its
+     * device and the stream FFmpeg orders its work on (NULL: the legacy
+     * default stream).
+     */
+    const void *cuda_frames;
+    int cuda_device;
+    void *cuda_stream;
 } THModel;
 
 typedef struct THRequestItem {
@@ -226,18 +252,41 @@ static const char *failure_hint_th(const THNet *net)
  * map to [0, 1], 10-bit ones (P010) too, GRAYF32 is taken as it is.
  */
 
+/** The layout of the frame's planes: for CUDA frames, that of their pool. */
+static enum AVPixelFormat frame_format_th(const AVFrame *frame)
+{
+    if (frame->format == AV_PIX_FMT_CUDA && frame->hw_frames_ctx)
+        return ((const AVHWFramesContext *)frame->hw_frames_ctx->data)->sw_format;
+    return (enum AVPixelFormat)frame->format;
+}
+
 /**
- * Wrap a plane as height x width x channels elements of type; step is the
+ * Where the frame's planes lie.  CUDA frames are only touched inside a
+ * THCudaScope, which makes their device the current one.
+ */
+static torch::Device frame_device_th(const AVFrame *frame)
+{
+#if HAVE_LIBTORCH_CUDA
+    if (frame->format == AV_PIX_FMT_CUDA)
+        return torch::Device(torch::kCUDA, c10::cuda::current_device());
+#endif
+    return torch::kCPU;
+}
+
+/**
+ * Wrap a plane of the frame as height x width x channels elements of type; step is the
  * number of elements from one pixel to the next, channels by default.
  */
-static torch::Tensor wrap_plane_th(uint8_t *data, int linesize, int height,
-                                   int width, int channels,
-                                   torch::ScalarType type, int step = 0)
+static torch::Tensor wrap_plane_th(const AVFrame *frame, uint8_t *data,
+                                   int linesize, int height, int width,
+                                   int channels, torch::ScalarType type,
+                                   int step = 0)
 {
     int64_t elem = c10::elementSize(type);
     return torch::from_blob(data, { height, width, channels },
                             { linesize / elem, step ? step : channels, 1 },
-                            torch::TensorOptions().dtype(type));
+                            torch::TensorOptions().dtype(type)
+                                                  .device(frame_device_th(frame)));
 }
 
 /** Packed RGB with a fourth byte, alpha or padding, after the colour. */
@@ -336,7 +385,7 @@ static torch::Tensor plane_region_th(const AVFrame *frame, int plane,
     int ph = ((y + h + (1 << log2_sub_h) - 1) >> log2_sub_h) - py;
     uint8_t *data = frame->data[plane] + (ptrdiff_t)py * frame->linesize[plane] +
                     (ptrdiff_t)px * step * c10::elementSize(type);
-    torch::Tensor t = wrap_plane_th(data, frame->linesize[plane], ph, pw,
+    torch::Tensor t = wrap_plane_th(frame, data, frame->linesize[plane], ph, pw,
                                     channels, type, step);
 
     if (log2_sub_w)
@@ -358,7 +407,7 @@ typedef struct THYuvMatrix {
 
 static THYuvMatrix yuv_matrix_th(const AVFrame *frame)
 {
-    int depth = depth_th((enum AVPixelFormat)frame->format);
+    int depth = depth_th(frame_format_th(frame));
     int full = frame->color_range == AVCOL_RANGE_JPEG;
     double max = (1 << depth) - 1, unit = 1 << (depth - 8);
     THYuvMatrix m = { 0.299, 0.114, 0.0, full ? max : 219.0 * unit,
@@ -406,7 +455,7 @@ static torch::Tensor yuv_to_rgb_th(const AVFrame *frame, const torch::Tensor &y,
 static torch::Tensor frame_region_th(const AVFrame *frame, int channels,
                                      int x, int y, int w, int h)
 {
-    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
+    enum AVPixelFormat fmt = frame_format_th(frame);
     const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(fmt);
     int depth = depth_th(fmt);
     torch::ScalarType type = sample_type_th(fmt);
@@ -457,7 +506,7 @@ static int is_yuv_th(enum AVPixelFormat fmt)
  */
 static int rgb_to_yuv_frame_th(const torch::Tensor &src, AVFrame *frame)
 {
-    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
+    enum AVPixelFormat fmt = frame_format_th(frame);
     const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(fmt);
     THYuvMatrix m = yuv_matrix_th(frame);
     int depth = depth_th(fmt);
@@ -478,24 +527,55 @@ static int rgb_to_yuv_frame_th(const torch::Tensor &src, AVFrame *frame)
                                 { 0, 0 }, true, false)[0];
     chroma = chroma * m.chroma_scale + m.chroma_offset;
 
-    store_samples_th(wrap_plane_th(frame->data[0], frame->linesize[0], frame->height,
+    store_samples_th(wrap_plane_th(frame, frame->data[0], frame->linesize[0], frame->height,
                                    frame->width, 1, type).select(2, 0),
                      luma * m.luma_scale + m.luma_offset, depth);
     if (desc->comp[1].plane != desc->comp[2].plane) {
         for (int c = 0; c < 2; c++)
-            store_samples_th(wrap_plane_th(frame->data[1 + c], frame->linesize[1 + c],
+            store_samples_th(wrap_plane_th(frame, frame->data[1 + c], frame->linesize[1 + c],
                                            ch, cw, 1, type).select(2, 0), chroma[c], depth);
     } else {
-        store_samples_th(wrap_plane_th(frame->data[1], frame->linesize[1], ch, cw, 2, type),
+        store_samples_th(wrap_plane_th(frame, frame->data[1], frame->linesize[1], ch, cw, 2, type),
                          chroma.permute({ 1, 2, 0 }), depth);
     }
     return 0;
 }
 
+/**
+ * Give the output of a 1-channel model, which wrote Y, the chroma of its
+ * input: copied at the same size, resized bicubically otherwise.
+ */
+static void pass_chroma_th(const AVFrame *in, AVFrame *out)
+{
+    enum AVPixelFormat fmt = frame_format_th(out);
+    const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(fmt);
+    torch::ScalarType type = sample_type_th(fmt);
+    int depth = depth_th(fmt);
+    int interleaved = desc->comp[1].plane == desc->comp[2].plane;
+    int in_w  = AV_CEIL_RSHIFT(in->width,   desc->log2_chroma_w);
+    int in_h  = AV_CEIL_RSHIFT(in->height,  desc->log2_chroma_h);
+    int out_w = AV_CEIL_RSHIFT(out->width,  desc->log2_chroma_w);
+    int out_h = AV_CEIL_RSHIFT(out->height, desc->log2_chroma_h);
+
+    for (int p = 1; p <= (interleaved ? 1 : 2); p++) {
+        torch::Tensor src = wrap_plane_th(in, in->data[p], in->linesize[p], in_h,
+                                          in_w, interleaved ? 2 : 1, type);
+        torch::Tensor dst = wrap_plane_th(out, out->data[p], out->linesize[p], out_h,
+                                          out_w, interleaved ? 2 : 1, type);
+        if (in_w == out_w && in_h == out_h) {
+            dst.copy_(src);
+            continue;
+        }
+        torch::Tensor v = samples_th(src, depth).permute({ 2, 0, 1 }).unsqueeze(0);
+        v = at::upsample_bicubic2d(v, { out_h, out_w }, false);
+        store_samples_th(dst, v[0].permute({ 1, 2, 0 }), depth);
+    }
+}
+
 /** Fill dst, a C x H x W float tensor, from the frame. */
 static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
 {
-    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
+    enum AVPixelFormat fmt = frame_format_th(frame);
     int channels = format_channels_th(fmt);
     torch::ScalarType type = fmt == AV_PIX_FMT_GRAYF32 ? torch::kFloat32
                                                        : torch::kUInt8;
@@ -507,7 +587,7 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
         dst.copy_(frame_region_th(frame, dst.size(0), 0, 0, frame->width, frame->height));
         return;
     }
-    src = wrap_plane_th(frame->data[0], frame->linesize[0], frame->height,
+    src = wrap_plane_th(frame, frame->data[0], frame->linesize[0], frame->height,
                         frame->width, channels, type, is_rgb32_th(fmt) ? 4 : 0);
     copy_channels_th(dst, src, 0);
     if (type == torch::kUInt8)
@@ -521,7 +601,7 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
 static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
                               torch::Tensor &staging)
 {
-    enum AVPixelFormat fmt = (enum AVPixelFormat)frame->format;
+    enum AVPixelFormat fmt = frame_format_th(frame);
     int channels = format_channels_th(fmt);
     torch::ScalarType type = fmt == AV_PIX_FMT_GRAYF32 ? torch::kFloat32
                                                        : torch::kUInt8;
@@ -534,12 +614,12 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
         torch::Tensor values = src[0] * max;
         if (std::isnan(values.max().item<float>()))
             return 1;
-        store_samples_th(wrap_plane_th(frame->data[0], frame->linesize[0], frame->height,
+        store_samples_th(wrap_plane_th(frame, frame->data[0], frame->linesize[0], frame->height,
                                        frame->width, 1, sample_type_th(fmt)).select(2, 0),
                          values, depth_th(fmt));
         return 0;
     }
-    dst = wrap_plane_th(frame->data[0], frame->linesize[0], frame->height,
+    dst = wrap_plane_th(frame, frame->data[0], frame->linesize[0], frame->height,
                         frame->width, channels, type, is_rgb32_th(fmt) ? 4 : 0);
     if (type == torch::kFloat32) {
         if (std::isnan(src.max().item<float>()))
@@ -578,6 +658,121 @@ static void fit_tensor_th(const torch::Tensor &src, torch::Tensor &dst, int lett
         return;
     }
     area.copy_(at::_upsample_bilinear2d_aa(src.unsqueeze(0), { h, w }, false)[0]);
+}
+
+/* -------------------------------------------------------------------------
+ * CUDA frames.
+ *
+ * They are converted where they lie, on FFmpeg's own CUDA stream, so that
+ * the work is ordered after whatever wrote the input (a decoder, hwupload)
+ * and before whatever reads the output, with no event between streams.
+ */
+
+/**
+ * For CUDA frames, makes their device and FFmpeg's stream the current ones
+ * of the calling thread for the scope: request threads have neither.
+ * Nothing for frames in memory.
+ */
+class THCudaScope {
+public:
+    THCudaScope(const THModel *th_model, const AVFrame *frame)
+    {
+#if HAVE_LIBTORCH_CUDA
+        if (frame->format != AV_PIX_FMT_CUDA)
+            return;
+        c10::DeviceIndex index = th_model->cuda_device;
+        c10::cuda::CUDAStream stream = th_model->cuda_stream ?
+            c10::cuda::getStreamFromExternal((cudaStream_t)th_model->cuda_stream, index) :
+            c10::cuda::getDefaultCUDAStream(index);
+        guard_.emplace(stream.unwrap());
+#endif
+    }
+
+    /**
+     * Wait for the work queued on the stream so far, and no more: the
+     * frames it reads may be freed and reused once this returns.
+     */
+    void wait()
+    {
+#if HAVE_LIBTORCH_CUDA
+        if (!guard_)
+            return;
+        c10::Event done(c10::DeviceType::CUDA);
+        done.record(guard_->current_stream());
+        done.synchronize();
+#endif
+    }
+
+private:
+#if HAVE_LIBTORCH_CUDA
+    std::optional<c10::StreamGuard> guard_;
+#endif
+};
+
+/**
+ * Check CUDA frames before the first one is queued, and again when their
+ * frames context changes: the device context, the device against the
+ * model's, the sw_format.
+ */
+static int check_cuda_frames_th(THModel *th_model, const AVFrame *frame)
+{
+    DnnContext *ctx = th_model->ctx;
+
+    if (frame->format != AV_PIX_FMT_CUDA)
+        return 0;
+    if (!frame->hw_frames_ctx) {
+        av_log(ctx, AV_LOG_ERROR, "A CUDA frame without a frames context.\n");
+        return AVERROR(EINVAL);
+    }
+#if HAVE_LIBTORCH_CUDA
+    if (frame->hw_frames_ctx->data == th_model->cuda_frames)
+        return 0;
+    enum AVPixelFormat sw_format = frame_format_th(frame);
+    const torch::Device *model_device = th_model->device;
+    int device, ret;
+    void *stream;
+
+    if (!format_channels_th(sw_format) || sw_format == AV_PIX_FMT_GRAYF32) {
+        av_log(ctx, AV_LOG_ERROR, "CUDA frames of %s are not supported; use "
+               "nv12, p010, yuv420p, yuv444p, bgra, rgba, bgr0 or rgb0 "
+               "(scale_cuda=format=... converts).\n", av_get_pix_fmt_name(sw_format));
+        return AVERROR(ENOSYS);
+    }
+    ret = ff_dnn_cuda_frames_device(ctx, frame->hw_frames_ctx, &device, &stream);
+    if (ret < 0)
+        return ret;
+    /* A model loaded on "cuda" went to device 0. */
+    if (!model_device->is_cuda() ||
+        (model_device->has_index() ? model_device->index() : 0) != device) {
+        av_log(ctx, AV_LOG_ERROR, "The frames are on CUDA device %d and the "
+               "model on %s: set device=cuda:%d.\n", device,
+               model_device->str().c_str(), device);
+        return AVERROR(EINVAL);
+    }
+    th_model->cuda_frames = frame->hw_frames_ctx->data;
+    th_model->cuda_device = device;
+    th_model->cuda_stream = stream;
+    av_log(ctx, AV_LOG_VERBOSE, "CUDA frames of %s on device %d, %s stream.\n",
+           av_get_pix_fmt_name(sw_format), device, stream ? "FFmpeg's" : "the default");
+    return 0;
+#else
+    av_log(ctx, AV_LOG_ERROR, "This build takes no CUDA frames: it needs FFmpeg's "
+           "CUDA support (nv-codec-headers) and a LibTorch with CUDA at build "
+           "time. Add hwdownload,format=... before the filter.\n");
+    return AVERROR(ENOSYS);
+#endif
+}
+
+/** t on device; bytes that cross between host and device are counted. */
+static torch::Tensor to_device_th(THModel *th_model, const torch::Tensor &t,
+                                  const torch::Device &device)
+{
+    if (t.device() != device && (t.device().is_cpu() || device.is_cpu())) {
+        ff_mutex_lock(&th_model->mutex);
+        th_model->transferred += t.nbytes();
+        ff_mutex_unlock(&th_model->mutex);
+    }
+    return t.to(device);
 }
 
 /* -------------------------------------------------------------------------
@@ -646,29 +841,31 @@ static void fill_analytics_slot_th(const THModel *th_model,
 }
 
 /**
- * Fill the request's batch and run the model on it.  Always returns 0: a failure is
- * kept in request->status for the completion callback, so that the request
- * goes back to the pool on every path.
+ * Fill the request's batch and run the model on it; the failure, if any, in
+ * request->status.
  */
-static int th_start_inference(void *args)
+static void run_request_th(THRequestItem *request)
 {
-    THRequestItem *request = (THRequestItem *)args;
     THModel *th_model = request->th_model;
     DnnContext *ctx = th_model->ctx;
+    const AVFrame *first = request->lltasks[0]->task->in_frame;
     int analytics = th_model->model.func_type != DFT_PROCESS_FRAME;
     int64_t batch = th_model->net->fixed_batch() ? ctx->torch_option.batch_size
                                                  : request->nb_lltasks;
 
-    request->status = 0;
     request->batch = batch;
     /* The batch is filled here, on the thread that runs the model, so that
-     * all LibTorch work of a request shares one OpenMP team. */
+     * all LibTorch work of a request shares one OpenMP team; CUDA frames
+     * fill it on their device. */
     try {
         int width, height;
-        input_size_th(th_model, request->lltasks[0]->task->in_frame, &width, &height);
+        torch::TensorOptions options = torch::TensorOptions(torch::kFloat32)
+                                           .device(frame_device_th(first));
+        input_size_th(th_model, first, &width, &height);
         std::vector<int64_t> shape = { batch, th_model->nb_channels, height, width };
-        if (!request->input->defined() || request->input->sizes() != shape)
-            *request->input = torch::empty(shape, torch::kFloat32);
+        if (!request->input->defined() || request->input->sizes() != shape ||
+            request->input->device() != options.device())
+            *request->input = torch::empty(shape, options);
         for (int i = 0; i < request->nb_lltasks; i++) {
             torch::Tensor slot = (*request->input)[i];
             if (analytics)
@@ -682,12 +879,13 @@ static int th_start_inference(void *args)
         av_log(ctx, AV_LOG_ERROR, "Could not convert the frame to a tensor: %s\n",
                error_reason(e).c_str());
         request->status = AVERROR_EXTERNAL;
-        return 0;
+        return;
     }
 
     try {
         c10::InferenceMode guard;
-        torch::jit::IValue result = th_model->net->forward(request->input->to(*th_model->device));
+        torch::jit::IValue result = th_model->net->forward(
+            to_device_th(th_model, *request->input, *th_model->device));
 
         if (!result.isTensor()) {
             av_log(ctx, AV_LOG_ERROR, "The model returned a %s; %s. Return one "
@@ -695,7 +893,7 @@ static int th_start_inference(void *args)
                    analytics ? "a detector or classifier returns a single tensor"
                              : "dnn_processing needs a single N x C x H x W tensor");
             request->status = AVERROR(EINVAL);
-            return 0;
+            return;
         }
         torch::Tensor out = result.toTensor();
         if (analytics && (out.dim() < 1 || out.dim() > 4 ||
@@ -705,7 +903,7 @@ static int th_start_inference(void *args)
                    "most 4 dimensions, the first one the batch when batch_size "
                    "is above 1.\n", c10::str(out.sizes()).c_str(), (int)batch);
             request->status = AVERROR(EINVAL);
-            return 0;
+            return;
         }
         if (!analytics && (out.dim() != 4 || out.size(0) != batch)) {
             av_log(ctx, AV_LOG_ERROR, "The model returned a tensor of shape %s "
@@ -714,13 +912,37 @@ static int th_start_inference(void *args)
                    c10::str(out.sizes()).c_str(),
                    c10::str(request->input->sizes()).c_str());
             request->status = AVERROR(EINVAL);
-            return 0;
+            return;
         }
-        *request->output = out.to(torch::kCPU, torch::kFloat32).contiguous();
+        /* Frames go back where they came from; detections to the filter. */
+        torch::Device dest = analytics ? torch::Device(torch::kCPU)
+                                       : frame_device_th(first);
+        *request->output = to_device_th(th_model, out.to(torch::kFloat32), dest).contiguous();
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "The model failed on an input of shape %s: %s%s\n",
                c10::str(request->input->sizes()).c_str(), error_reason(e).c_str(),
                failure_hint_th(th_model->net));
+        request->status = AVERROR_EXTERNAL;
+    }
+}
+
+/**
+ * Run the request.  Always returns 0: a failure is kept in request->status
+ * for the completion callback, so that the request goes back to the pool on
+ * every path.
+ */
+static int th_start_inference(void *args)
+{
+    THRequestItem *request = (THRequestItem *)args;
+    THModel *th_model = request->th_model;
+
+    request->status = 0;
+    try {
+        THCudaScope scope(th_model, request->lltasks[0]->task->in_frame);
+        run_request_th(request);
+    } catch (const std::exception &e) {
+        av_log(th_model->ctx, AV_LOG_ERROR, "Could not run on the frames' CUDA "
+               "device: %s\n", error_reason(e).c_str());
         request->status = AVERROR_EXTERNAL;
     }
     return 0;
@@ -755,20 +977,26 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out)
     THModel *th_model = request->th_model;
     DnnContext *ctx = th_model->ctx;
     torch::Tensor result = (*request->output)[index];
-    int want = format_channels_th((enum AVPixelFormat)out->format);
+    int want = format_channels_th(frame_format_th(out));
     int ret;
 
     /* A 3-channel model writes all three planes of a YUV frame. */
-    if (want == 1 && th_model->nb_channels == 3 && is_yuv_th((enum AVPixelFormat)out->format))
+    if (want == 1 && th_model->nb_channels == 3 && is_yuv_th(frame_format_th(out)))
         want = 3;
     if (result.size(0) != want) {
         av_log(ctx, AV_LOG_ERROR, "The model returned %d channels; %s output "
                "needs %d.\n", (int)result.size(0),
-               av_get_pix_fmt_name((enum AVPixelFormat)out->format), want);
+               av_get_pix_fmt_name(frame_format_th(out)), want);
         return AVERROR(EINVAL);
     }
     /* A frame whose size changed mid-stream gets an output of its own size. */
     if (result.size(1) != out->height || result.size(2) != out->width) {
+        if (out->hw_frames_ctx) {
+            av_log(ctx, AV_LOG_ERROR, "The model returned %dx%d for CUDA "
+                   "frames of %dx%d: CUDA frames cannot change size mid-stream.\n",
+                   (int)result.size(2), (int)result.size(1), out->width, out->height);
+            return AVERROR(EINVAL);
+        }
         ret = resize_frame_th(out, result.size(2), result.size(1));
         if (ret < 0)
             return ret;
@@ -780,13 +1008,15 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out)
                    "weights and that it expects input in [0, 1].\n");
             return AVERROR(EINVAL);
         }
+        if (result.size(0) == 1 && is_yuv_th(frame_format_th(out)))
+            pass_chroma_th(in, out);
         /* The fourth byte is the input's where the size allows, else opaque. */
-        if (is_rgb32_th((enum AVPixelFormat)out->format)) {
-            torch::Tensor alpha = wrap_plane_th(out->data[0] + 3, out->linesize[0],
+        if (is_rgb32_th(frame_format_th(out))) {
+            torch::Tensor alpha = wrap_plane_th(out, out->data[0] + 3, out->linesize[0],
                                                 out->height, out->width, 1,
                                                 torch::kUInt8, 4);
             if (in->width == out->width && in->height == out->height)
-                alpha.copy_(wrap_plane_th(in->data[0] + 3, in->linesize[0], in->height,
+                alpha.copy_(wrap_plane_th(in, in->data[0] + 3, in->linesize[0], in->height,
                                           in->width, 1, torch::kUInt8, 4));
             else
                 alpha.fill_(255);
@@ -893,11 +1123,23 @@ static void infer_completion_callback(void *args)
     THModel *th_model = request->th_model;
     int ret = request->status;
 
+    /* The filter may free and reuse the frames as soon as a task is done:
+     * all GPU work on them ends first, whether the request failed or not. */
+    try {
+        THCudaScope scope(th_model, request->lltasks[0]->task->in_frame);
+        for (int i = 0; i < request->nb_lltasks; i++) {
+            if (ret >= 0 && request->lltasks[i]->task->do_ioproc)
+                ret = deliver_output_th(request, i);
+        }
+        scope.wait();
+    } catch (const std::exception &e) {
+        av_log(th_model->ctx, AV_LOG_ERROR, "Could not finish the work on the "
+               "frames' CUDA device: %s\n", error_reason(e).c_str());
+        ret = AVERROR_EXTERNAL;
+    }
     for (int i = 0; i < request->nb_lltasks; i++) {
         TaskItem *task = request->lltasks[i]->task;
 
-        if (ret >= 0 && task->do_ioproc)
-            ret = deliver_output_th(request, i);
         ff_mutex_lock(&th_model->mutex);
         if (ret < 0 && !th_model->error)
             th_model->error = ret;
@@ -1143,6 +1385,9 @@ static void dnn_free_model_th(DNNModel **model)
         }
         ff_queue_destroy(th_model->task_queue);
     }
+    if (th_model->device)
+        av_log(th_model->ctx, AV_LOG_VERBOSE, "Host-device copies of frame "
+               "data: %" PRId64 " bytes.\n", th_model->transferred);
     delete th_model->net;
     delete th_model->device;
     ff_mutex_destroy(&th_model->mutex);
@@ -1463,9 +1708,12 @@ static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_p
     if (ret != 0)
         return ret;
     frame = exec_params->in_frame;
-    if (!format_channels_th((enum AVPixelFormat)frame->format)) {
+    ret = check_cuda_frames_th(th_model, frame);
+    if (ret < 0)
+        return ret;
+    if (!format_channels_th(frame_format_th(frame))) {
         av_log(ctx, AV_LOG_ERROR, "Frame format %s is not supported.\n",
-               av_get_pix_fmt_name((enum AVPixelFormat)frame->format));
+               av_get_pix_fmt_name(frame_format_th(frame)));
         return AVERROR(ENOSYS);
     }
     if (model->func_type != DFT_PROCESS_FRAME) {
@@ -1474,10 +1722,10 @@ static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_p
         if (ret < 0)
             return ret;
         if (th_model->nb_channels == 1 &&
-            format_channels_th((enum AVPixelFormat)frame->format) == 3) {
+            format_channels_th(frame_format_th(frame)) == 3) {
             av_log(ctx, AV_LOG_ERROR, "The model takes 1 channel and the frames "
                    "are %s; add format=gray before the filter.\n",
-                   av_get_pix_fmt_name((enum AVPixelFormat)frame->format));
+                   av_get_pix_fmt_name(frame_format_th(frame)));
             return AVERROR(EINVAL);
         }
     }
