@@ -48,7 +48,7 @@ SAN_TOOLCHAIN_address := asan
 SAN_TOOLCHAIN_thread  := tsan
 FF_ENV = PKG_CONFIG_PATH=$(FFNVCODEC_PC)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}
 
-.PHONY: all upstream check check-gpu demo bench series series-check clean distclean FORCE
+.PHONY: all upstream check check-gpu demo bench bench-gpu series series-check clean distclean FORCE
 
 all: $(FFMPEG)
 
@@ -121,11 +121,15 @@ demo: $(FFMPEG)
 bench: $(FFMPEG) $(UPSTREAM) $(B)/bench/forward
 	$(TEST_ENV) FORWARD=$(CURDIR)/$(B)/bench/forward $(PYTHON) bench/bench.py $(B)/bench
 
+bench-gpu: $(FFMPEG) $(UPSTREAM) $(B)/bench/forward
+	$(TEST_ENV) FORWARD=$(CURDIR)/$(B)/bench/forward $(PYTHON) bench/bench_gpu.py $(B)/bench
+
 $(B)/bench/forward: bench/forward.cpp $(B)/config.mk
 	mkdir -p $(B)/bench
 	$(CXX) -O2 -std=c++17 -o $@ $< \
 	    -I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include \
-	    -L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib -ltorch -ltorch_cpu -lc10
+	    -L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib -ltorch -ltorch_cpu -lc10 \
+	    $(if $(filter yes,$(TORCH_CUDA)),-Wl$(comma)--no-as-needed -ltorch_cuda -lc10_cuda)
 
 series: $(PRISTINE)/.stamp
 	sh tools/make-series.sh $(PRISTINE) $(B)/series

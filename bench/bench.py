@@ -44,9 +44,15 @@ def run_ffmpeg(binary, model, w, h, config):
         vf += ":" + config
     # One frame, repeated: the source costs nothing next to the filter.
     src = "testsrc2=s=%dx%d:r=25,trim=end_frame=1,loop=loop=-1:size=1" % (w, h)
-    cmd = [binary, "-nostdin", "-hide_banner", "-loglevel", "error",
-           "-f", "lavfi", "-i", src, "-vf", vf, "-frames:v", str(FRAMES),
-           "-progress", "pipe:1", "-stats_period", "0.05", "-f", "null", "-"]
+    return measure([binary, "-f", "lavfi", "-i", src, "-vf", vf], FRAMES)
+
+
+def measure(args, frames):
+    """Run ffmpeg with args (inputs and filters) for frames frames to the null
+    muxer: (fps after the 10th frame, peak RSS in KiB, error or None)."""
+    cmd = [args[0], "-nostdin", "-hide_banner", "-loglevel", "error"] + args[1:] + \
+        ["-frames:v", str(frames), "-progress", "pipe:1", "-stats_period", "0.05",
+         "-f", "null", "-"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = last = None
     for line in p.stdout:
@@ -60,7 +66,7 @@ def run_ffmpeg(binary, model, w, h, config):
     _, status, usage = os.wait4(p.pid, 0)
     if os.WIFSIGNALED(status):
         return None, usage.ru_maxrss, "killed by signal %d" % os.WTERMSIG(status)
-    if status != 0 or not first or last[0] != FRAMES or last[1] <= first[1]:
+    if status != 0 or not first or last[0] != frames or last[1] <= first[1]:
         return None, usage.ru_maxrss, "failed: " + (err.strip().splitlines() or ["?"])[-1]
     return (last[0] - first[0]) / (last[1] - first[1]), usage.ru_maxrss, None
 

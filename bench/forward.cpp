@@ -3,9 +3,11 @@
 // input tensor, with the thread count and graph executor setting the filter
 // uses.  Prints frames per second.
 //
-//   forward MODEL CHANNELS HEIGHT WIDTH BATCH THREADS OPTIMIZE ITERATIONS
+//   forward MODEL CHANNELS HEIGHT WIDTH BATCH THREADS OPTIMIZE ITERATIONS [DEVICE]
 //
 // OPTIMIZE as the filter's option: 0 none, 1 graph executor, 2 freeze.
+// DEVICE is cpu (the default) or cuda: the model and the input on the GPU,
+// timed up to the end of the GPU work.
 
 #include <chrono>
 #include <cstdio>
@@ -15,12 +17,13 @@
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/cuda.h>
 #include <torch/script.h>
 
 int main(int argc, char **argv)
 {
-    if (argc != 9) {
-        std::fprintf(stderr, "usage: %s MODEL C H W BATCH THREADS OPTIMIZE ITERATIONS\n", argv[0]);
+    if (argc != 9 && argc != 10) {
+        std::fprintf(stderr, "usage: %s MODEL C H W BATCH THREADS OPTIMIZE ITERATIONS [DEVICE]\n", argv[0]);
         return 2;
     }
     int c = std::atoi(argv[2]), h = std::atoi(argv[3]), w = std::atoi(argv[4]);
@@ -28,18 +31,24 @@ int main(int argc, char **argv)
     int optimize = std::atoi(argv[7]), iterations = std::atoi(argv[8]);
 
     try {
+        torch::Device device(argc == 10 ? argv[9] : "cpu");
+        auto sync = [&]() {
+            if (device.is_cuda())
+                torch::cuda::synchronize();
+        };
         at::set_num_threads(threads);
-        torch::Tensor input = torch::rand({ batch, c, h, w });
+        torch::Tensor input = torch::rand({ batch, c, h, w }, torch::TensorOptions().device(device));
         std::function<void()> run;
         torch::jit::Module module;
         std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;
         size_t len = std::strlen(argv[1]);
 
         if (len > 4 && !std::strcmp(argv[1] + len - 4, ".pt2")) {
-            package.reset(new torch::inductor::AOTIModelPackageLoader(argv[1]));
+            package.reset(new torch::inductor::AOTIModelPackageLoader(
+                argv[1], "model", false, 1, device.is_cuda() ? 0 : -1));
             run = [&]() { package->run({ input }); };
         } else {
-            module = torch::jit::load(argv[1]);
+            module = torch::jit::load(argv[1], device);
             module.eval();
             if (optimize == 2) {
                 torch::jit::Module frozen = torch::jit::freeze(module);
@@ -52,9 +61,11 @@ int main(int argc, char **argv)
         c10::InferenceMode guard;
         for (int i = 0; i < 3; i++)
             run();
+        sync();
         auto start = std::chrono::steady_clock::now();
         for (int i = 0; i < iterations; i++)
             run();
+        sync();
         std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
         std::printf("fps=%.3f\n", iterations * batch / elapsed.count());
     } catch (const std::exception &e) {

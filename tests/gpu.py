@@ -138,12 +138,19 @@ def cpu_frames_on_cuda_device_are_counted():
 
 @gpu_test
 def cuda_frames_through_requests_and_batches():
-    base, _ = cuda_process("64x48", 23, "nv12", "dnn_processing=" +
-                           torch_filter("conv3", "device=cuda:channels=3:async=0:batch_size=1"))
-    for cfg in ("async=1:nireq=4", "async=1:nireq=4:batch_size=4", "async=0:batch_size=3"):
-        got, _ = cuda_process("64x48", 23, "nv12", "dnn_processing=" +
-                              torch_filter("conv3", "device=cuda:channels=3:" + cfg))
-        check(got == base, "cuda frames with %s differ from async=0:batch_size=1" % cfg)
+    """Identical frames for the element-wise model; within 1 for the conv
+    net, whose convolution may round differently at another batch size."""
+    for name, limit in (("affine", 0), ("conv3", 1)):
+        opts = "device=cuda:channels=3:"
+        base, _ = cuda_process("64x48", 23, "nv12", "dnn_processing=" +
+                               torch_filter(name, opts + "async=0:batch_size=1"))
+        for cfg in ("async=1:nireq=4", "async=1:nireq=4:batch_size=4", "async=0:batch_size=3"):
+            got, _ = cuda_process("64x48", 23, "nv12", "dnn_processing=" +
+                                  torch_filter(name, opts + cfg))
+            a, b = samples(base, "nv12"), samples(got, "nv12")
+            check(a.size == b.size and max_diff(a, b) <= limit,
+                  "%s on cuda frames with %s: off by more than %d from "
+                  "async=0:batch_size=1" % (name, cfg, limit))
 
 
 @gpu_test
@@ -158,15 +165,17 @@ def cuda_frames_in_another_context_are_refused():
 
 
 def gpu_memory_mib(pid):
-    """GPU memory of one process, from nvidia-smi; None if not listed."""
-    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                          "--format=csv,noheader,nounits"],
-                         stdout=subprocess.PIPE, text=True).stdout
-    for line in out.splitlines():
+    """GPU memory of one process from nvidia-smi, or of the whole device
+    where the process is not listed (as in a container)."""
+    def query(what):
+        return subprocess.run(["nvidia-smi", "--query-" + what, "--format=csv,noheader,nounits"],
+                              stdout=subprocess.PIPE, text=True).stdout.splitlines()
+    for line in query("compute-apps=pid,used_memory"):
         fields = [f.strip() for f in line.split(",")]
         if len(fields) == 2 and fields[0] == str(pid):
             return int(fields[1])
-    return None
+    used = query("gpu=memory.used")
+    return int(used[0]) if used else None
 
 
 @gpu_test

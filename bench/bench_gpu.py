@@ -1,0 +1,126 @@
+"""make bench-gpu: the CUDA paths at 1080p, as ratios from one run.
+
+    python bench/bench_gpu.py OUTDIR    (FFMPEG, UPSTREAM_FFMPEG, FORWARD, MODELS)
+
+For each model: upstream with device=cuda (frames converted on the CPU and
+copied both ways); ours with device=cuda on CPU frames; ours on CUDA frames
+uploaded each by hwupload in the graph; ours on CUDA frames already on the
+GPU (one frame uploaded, then repeated by the loop filter, so that neither
+the CPU source nor the upload limits the figure); the last two also with
+nireq=4:batch_size=4; and the bare forward() on GPU tensors at batch 1 and 4.
+Writes OUTDIR/results-gpu.json.  Without a CUDA GPU, says so and exits 0.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import models  # noqa: E402
+from bench import measure  # noqa: E402
+
+FFMPEG = os.environ["FFMPEG"]
+UPSTREAM = os.environ["UPSTREAM_FFMPEG"]
+FORWARD = os.environ["FORWARD"]
+MODELS = os.environ["MODELS"]
+FRAMES = int(os.environ.get("BENCH_FRAMES", "500"))
+
+CASES = [
+    ("conv1x1-1920x1080", "conv1x1", 1920, 1080),
+    ("conv3-1920x1080", "conv3", 1920, 1080),
+    ("upx2-960x540", "upx2", 960, 540),
+    ("conv_heavy-1920x1080", "conv_heavy", 1920, 1080),
+]
+CUDA_DEVICE = ["-init_hw_device", "cuda=cu:0,primary_ctx=1", "-filter_hw_device", "cu"]
+POOL = "async=1:nireq=4:batch_size=4"
+
+
+def configs(model, w, h):
+    """(impl, config, ffmpeg args) of each run."""
+    one = "testsrc2=s=%dx%d:r=25,trim=end_frame=1" % (w, h)
+    looped = one + ",loop=loop=-1:size=1"
+    dnn = "dnn_processing=dnn_backend=torch:model=%s:device=cuda" % model
+    runs = []
+    for impl, binary in (("upstream", UPSTREAM), ("ours", FFMPEG)):
+        runs.append((impl, "cpu frames", [binary, "-f", "lavfi", "-i", looped,
+                                          "-vf", "format=rgb24," + dnn]))
+    for extra in ("", ":" + POOL):
+        runs.append(("ours", "cuda frames, hwupload each" + extra.replace(":", " "),
+                     [FFMPEG] + CUDA_DEVICE + ["-f", "lavfi", "-i", looped, "-vf",
+                                               "format=nv12,hwupload," + dnn + extra]))
+        runs.append(("ours", "cuda frames on the gpu" + extra.replace(":", " "),
+                     [FFMPEG] + CUDA_DEVICE + ["-f", "lavfi", "-i", one, "-vf",
+                                               "format=nv12,hwupload,loop=loop=-1:size=1,"
+                                               + dnn + extra]))
+    return runs
+
+
+def run_forward(model, w, h, batch):
+    iterations = max(10, FRAMES // batch)
+    out = subprocess.run([FORWARD, model, "3", str(h), str(w), str(batch), "1", "0",
+                          str(iterations), "cuda"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    return float(out.stdout.decode().strip().split("=")[1])
+
+
+def main(outdir):
+    if not torch.cuda.is_available():
+        print("skipped: no GPU")
+        return
+    os.makedirs(outdir, exist_ok=True)
+    models.main(MODELS)
+    device = torch.cuda.get_device_name(0)
+    print("%s, LibTorch %s, %d frames per run" % (device, torch.__version__, FRAMES))
+    results = []
+    for case, name, w, h in CASES:
+        model = os.path.join(MODELS, name + ".pt")
+        rows = []
+        for impl, config, args in configs(model, w, h):
+            fps, rss, error = measure(args, FRAMES)
+            row = {"case": case, "impl": impl, "config": config,
+                   "fps": round(fps, 2) if fps else None, "peak_rss_kb": rss}
+            if error:
+                row["error"] = error
+            rows.append(row)
+        for batch in (1, 4):
+            rows.append({"case": case, "impl": "forward", "config": "batch=%d" % batch,
+                         "fps": round(run_forward(model, w, h, batch), 2)})
+        results += rows
+        report(case, rows)
+    path = os.path.join(outdir, "results-gpu.json")
+    with open(path, "w") as f:
+        json.dump({"device": device, "torch": torch.__version__, "frames": FRAMES,
+                   "results": results}, f, indent=1)
+    print("wrote %s" % path)
+
+
+def report(case, rows):
+    def fps(impl, config):
+        for r in rows:
+            if r["impl"] == impl and r["config"] == config:
+                return r["fps"]
+        return None
+
+    print("\n%s" % case)
+    print("  %-9s %-45s %9s" % ("impl", "config", "fps"))
+    for r in rows:
+        speed = "%9.2f" % r["fps"] if r["fps"] else "%9s" % "-"
+        print("  %-9s %-45s %s %s" % (r["impl"], r["config"], speed, r.get("error", "")))
+    up = fps("upstream", "cpu frames")
+    on_gpu = [r for r in rows if r["config"].startswith("cuda frames on the gpu") and r["fps"]]
+    if not on_gpu:
+        return
+    best = max(on_gpu, key=lambda r: r["fps"])
+    if up:
+        print("  best on the gpu (%s): %.2fx upstream device=cuda" % (best["config"], best["fps"] / up))
+    for config, batch in (("cuda frames on the gpu", 1), ("cuda frames on the gpu " + POOL.replace(":", " "), 4)):
+        ours, bare = fps("ours", config), fps("forward", "batch=%d" % batch)
+        if ours and bare:
+            print("  %s: %.2fx the bare forward at batch %d" % (config, ours / bare, batch))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
