@@ -14,9 +14,9 @@ import time
 import numpy as np
 
 import models
-from analytics import detect, drawn, side_data
+from analytics import COLOR_NAMES, COLORED, detect, drawn, side_data
 from harness import (FFMPEG, TMP, check, expect_error, gpu_test, max_diff, model,
-                     process, run, source, torch_filter)
+                     process, run, source, torch_filter, write)
 
 # The device in its primary context, which LibTorch shares (see the README).
 CUDA_DEVICE = ["-init_hw_device", "cuda=cu:0,primary_ctx=1", "-filter_hw_device", "cu"]
@@ -207,3 +207,40 @@ def cuda_frames_2000_at_1080p_with_flat_memory():
     late = used[len(used) // 3:]
     check(max(late) - min(late) <= 64, "GPU memory grew from %d to %d MiB"
           % (min(late), max(late)))
+
+
+@gpu_test
+def cuda_frames_detect_and_classify_like_the_cpu():
+    """dnn_detect and dnn_classify read CUDA frames where they lie: the side
+    data equals that of the same frames in memory."""
+    labels = write("colors.txt", "\n".join(COLOR_NAMES).encode() + b"\n")
+    det = detect("det_colors", "boxes", "labels=" + labels)
+    cls = "dnn_classify=dnn_backend=torch:model=%s:labels=%s:input_size=32x32" % (
+        model("cls_color"), labels)
+    for fmt in ("nv12", "yuv420p", "bgra"):
+        src = drawn("320x240", COLORED, frames=3, fmt=fmt)
+        cpu, _ = side_data(src, det + "," + cls)
+        gpu, _ = side_data(CUDA_DEVICE + src, "hwupload,%s:device=cuda,%s:device=cuda,"
+                           "hwdownload,format=%s" % (det, cls, fmt))
+        check(len(cpu) == 3 and all(len(f) == 3 for f in cpu), "%s: cpu side data %s" % (fmt, cpu))
+        check(same_side_data(gpu, cpu), "%s: side data on cuda frames %s, in memory %s"
+              % (fmt, gpu, cpu))
+
+
+def same_side_data(a, b):
+    """Boxes and labels equal, confidences within 0.01: the GPU's float
+    arithmetic may round differently."""
+    def close(x, y):
+        return abs(x - y) <= 0.01
+
+    if len(a) != len(b):
+        return False
+    for fa, fb in zip(a, b):
+        if len(fa) != len(fb):
+            return False
+        for ba, bb in zip(fa, fb):
+            if ba[:5] != bb[:5] or not close(ba[5], bb[5]) or len(ba[6]) != len(bb[6]):
+                return False
+            if any(ca[0] != cb[0] or not close(ca[1], cb[1]) for ca, cb in zip(ba[6], bb[6])):
+                return False
+    return True
