@@ -289,6 +289,15 @@ static torch::Tensor wrap_plane_th(const AVFrame *frame, uint8_t *data,
                                                   .device(frame_device_th(frame)));
 }
 
+/** Plane p of the frame, wrapped as height x width x channels elements. */
+static torch::Tensor frame_plane_th(const AVFrame *frame, int p, int height,
+                                    int width, int channels,
+                                    torch::ScalarType type, int step = 0)
+{
+    return wrap_plane_th(frame, frame->data[p], frame->linesize[p], height,
+                         width, channels, type, step);
+}
+
 /** Packed RGB with a fourth byte, alpha or padding, after the colour. */
 static int is_rgb32_th(enum AVPixelFormat fmt)
 {
@@ -527,15 +536,14 @@ static int rgb_to_yuv_frame_th(const torch::Tensor &src, AVFrame *frame)
                                 { 0, 0 }, true, false)[0];
     chroma = chroma * m.chroma_scale + m.chroma_offset;
 
-    store_samples_th(wrap_plane_th(frame, frame->data[0], frame->linesize[0], frame->height,
-                                   frame->width, 1, type).select(2, 0),
+    store_samples_th(frame_plane_th(frame, 0, frame->height, frame->width, 1, type).select(2, 0),
                      luma * m.luma_scale + m.luma_offset, depth);
     if (desc->comp[1].plane != desc->comp[2].plane) {
         for (int c = 0; c < 2; c++)
-            store_samples_th(wrap_plane_th(frame, frame->data[1 + c], frame->linesize[1 + c],
-                                           ch, cw, 1, type).select(2, 0), chroma[c], depth);
+            store_samples_th(frame_plane_th(frame, 1 + c, ch, cw, 1, type).select(2, 0),
+                             chroma[c], depth);
     } else {
-        store_samples_th(wrap_plane_th(frame, frame->data[1], frame->linesize[1], ch, cw, 2, type),
+        store_samples_th(frame_plane_th(frame, 1, ch, cw, 2, type),
                          chroma.permute({ 1, 2, 0 }), depth);
     }
     return 0;
@@ -558,10 +566,8 @@ static void pass_chroma_th(const AVFrame *in, AVFrame *out)
     int out_h = AV_CEIL_RSHIFT(out->height, desc->log2_chroma_h);
 
     for (int p = 1; p <= (interleaved ? 1 : 2); p++) {
-        torch::Tensor src = wrap_plane_th(in, in->data[p], in->linesize[p], in_h,
-                                          in_w, interleaved ? 2 : 1, type);
-        torch::Tensor dst = wrap_plane_th(out, out->data[p], out->linesize[p], out_h,
-                                          out_w, interleaved ? 2 : 1, type);
+        torch::Tensor src = frame_plane_th(in, p, in_h, in_w, interleaved ? 2 : 1, type);
+        torch::Tensor dst = frame_plane_th(out, p, out_h, out_w, interleaved ? 2 : 1, type);
         if (in_w == out_w && in_h == out_h) {
             dst.copy_(src);
             continue;
@@ -587,8 +593,8 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
         dst.copy_(frame_region_th(frame, dst.size(0), 0, 0, frame->width, frame->height));
         return;
     }
-    src = wrap_plane_th(frame, frame->data[0], frame->linesize[0], frame->height,
-                        frame->width, channels, type, is_rgb32_th(fmt) ? 4 : 0);
+    src = frame_plane_th(frame, 0, frame->height, frame->width, channels, type,
+                         is_rgb32_th(fmt) ? 4 : 0);
     copy_channels_th(dst, src, 0);
     if (type == torch::kUInt8)
         dst.div_(255.0);
@@ -614,13 +620,13 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
         torch::Tensor values = src[0] * max;
         if (std::isnan(values.max().item<float>()))
             return 1;
-        store_samples_th(wrap_plane_th(frame, frame->data[0], frame->linesize[0], frame->height,
-                                       frame->width, 1, sample_type_th(fmt)).select(2, 0),
+        store_samples_th(frame_plane_th(frame, 0, frame->height, frame->width, 1,
+                                        sample_type_th(fmt)).select(2, 0),
                          values, depth_th(fmt));
         return 0;
     }
-    dst = wrap_plane_th(frame, frame->data[0], frame->linesize[0], frame->height,
-                        frame->width, channels, type, is_rgb32_th(fmt) ? 4 : 0);
+    dst = frame_plane_th(frame, 0, frame->height, frame->width, channels, type,
+                         is_rgb32_th(fmt) ? 4 : 0);
     if (type == torch::kFloat32) {
         if (std::isnan(src.max().item<float>()))
             return 1;
