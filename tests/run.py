@@ -34,6 +34,16 @@ def identity_gives_rgb24_back_bitexact():
     check(out == src, "identity model changed the frames")
 
 
+@test
+def identity_is_bitexact_at_odd_sizes():
+    # Rows that are no multiple of the 16 samples converted at a time.
+    for fmt in ("rgb24", "bgr24", "rgba", "bgr0", "gray"):
+        for size in ("37x23", "17x3", "2x2"):
+            src = raw_frames(size, 2, fmt)
+            out = process(FFMPEG, size, 2, fmt, "dnn_processing=" + torch_filter("identity"))
+            check(out == src, "identity changed %s frames of %s" % (fmt, size))
+
+
 def compare_to_pytorch(name, size="96x64", frames=4, fmt="rgb24", scale=1, exact=True):
     w, h = map(int, size.split("x"))
     src = as_frames(raw_frames(size, frames, fmt), w, h, 3)

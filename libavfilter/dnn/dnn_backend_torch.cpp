@@ -30,6 +30,7 @@
  */
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <optional>
@@ -46,6 +47,9 @@ extern "C" {
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/version.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #if HAVE_LIBTORCH_CUDA
 /* Only what c10_cuda exports: the CUDA runtime is not linked directly. */
 #include <c10/core/Event.h>
@@ -578,6 +582,136 @@ static void pass_chroma_th(const AVFrame *in, AVFrame *out)
     }
 }
 
+/*
+ * 8-bit packed and gray frames in host memory, the common CPU case, in one
+ * pass each way, split over LibTorch's threads: through torch ops the same
+ * conversion takes five passes over the frame on the way out, two on the
+ * way in.  The arithmetic is that of the torch ops (a division by 255 in
+ * float; a multiplication, clamping and rounding half to even), so both give
+ * the same bytes; CUDA frames take the torch ops.  FFmpeg compiles without
+ * auto-vectorisation, so the rows are converted with SSE2, the x86-64
+ * baseline, where it exists.
+ */
+
+/** Whether the frame and the C x H x W float tensor qualify. */
+static int packed_on_host_th(const AVFrame *frame, const torch::Tensor &t)
+{
+    enum AVPixelFormat fmt = frame_format_th(frame);
+
+    return frame->format == fmt && t.device().is_cpu() && t.is_contiguous() &&
+           t.scalar_type() == torch::kFloat32 && fmt != AV_PIX_FMT_GRAYF32 &&
+           depth_th(fmt) == 8 && t.size(0) == format_channels_th(fmt) &&
+           t.size(1) == frame->height && t.size(2) == frame->width;
+}
+
+/** n samples to floats in [0, 1]. */
+static void dequantize_row_th(const uint8_t *src, float *dst, int n)
+{
+    int x = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    const __m128 max = _mm_set1_ps(255.0f);
+
+    for (; x + 16 <= n; x += 16) {
+        __m128i b = _mm_loadu_si128((const __m128i *)(src + x));
+        __m128i w[2] = { _mm_unpacklo_epi8(b, zero), _mm_unpackhi_epi8(b, zero) };
+        for (int k = 0; k < 2; k++) {
+            __m128i lo = _mm_unpacklo_epi16(w[k], zero), hi = _mm_unpackhi_epi16(w[k], zero);
+            _mm_storeu_ps(dst + x + 8 * k,     _mm_div_ps(_mm_cvtepi32_ps(lo), max));
+            _mm_storeu_ps(dst + x + 8 * k + 4, _mm_div_ps(_mm_cvtepi32_ps(hi), max));
+        }
+    }
+#endif
+    for (; x < n; x++)
+        dst[x] = src[x] / 255.0f;
+}
+
+/**
+ * n floats to samples: times 255, clamped to [0, 255] (NaN to 0), rounded
+ * half to even.
+ * @return whether src held NaN
+ */
+static int quantize_row_th(const float *src, uint8_t *dst, int n)
+{
+    int x = 0, nan = 0;
+#if defined(__SSE2__)
+    const __m128 scale = _mm_set1_ps(255.0f), zero = _mm_setzero_ps();
+    __m128 unordered = _mm_setzero_ps();
+
+    /* max(v, 0) is 0 for NaN; the conversion rounds half to even. */
+    for (; x + 16 <= n; x += 16) {
+        __m128i q[4];
+        for (int k = 0; k < 4; k++) {
+            __m128 v = _mm_mul_ps(_mm_loadu_ps(src + x + 4 * k), scale);
+            unordered = _mm_or_ps(unordered, _mm_cmpunord_ps(v, v));
+            q[k] = _mm_cvtps_epi32(_mm_min_ps(_mm_max_ps(v, zero), scale));
+        }
+        _mm_storeu_si128((__m128i *)(dst + x),
+                         _mm_packus_epi16(_mm_packs_epi32(q[0], q[1]),
+                                          _mm_packs_epi32(q[2], q[3])));
+    }
+    nan = _mm_movemask_ps(unordered) != 0;
+#endif
+    for (; x < n; x++) {
+        float v = src[x] * 255.0f;
+        nan |= v != v;
+        v = v > 0.0f ? v : 0.0f;
+        v = v < 255.0f ? v : 255.0f;
+        dst[x] = (uint8_t)std::nearbyint(v);
+    }
+    return nan;
+}
+
+static void unpack_th(const AVFrame *frame, float *dst, int channels)
+{
+    int step = is_rgb32_th(frame_format_th(frame)) ? 4 : channels;
+    int64_t width = frame->width, plane = width * frame->height;
+
+    at::parallel_for(0, frame->height, 16, [&](int64_t begin, int64_t end) {
+        std::vector<uint8_t> rows(channels > 1 ? channels * width : 0);
+        for (int64_t y = begin; y < end; y++) {
+            const uint8_t *src = frame->data[0] + y * frame->linesize[0];
+            if (channels == 1) {
+                dequantize_row_th(src, dst + y * width, width);
+                continue;
+            }
+            for (int64_t x = 0; x < width; x++)
+                for (int c = 0; c < channels; c++)
+                    rows[c * width + x] = src[x * step + c];
+            for (int c = 0; c < channels; c++)
+                dequantize_row_th(&rows[c * width], dst + c * plane + y * width, width);
+        }
+    });
+}
+
+/** @return 1 if src holds NaN, 0 otherwise */
+static int pack_th(const float *src, AVFrame *frame, int channels)
+{
+    int step = is_rgb32_th(frame_format_th(frame)) ? 4 : channels;
+    int64_t width = frame->width, plane = width * frame->height;
+    std::atomic<int> nan{ 0 };
+
+    at::parallel_for(0, frame->height, 16, [&](int64_t begin, int64_t end) {
+        std::vector<uint8_t> rows(channels > 1 ? channels * width : 0);
+        int found = 0;
+        for (int64_t y = begin; y < end; y++) {
+            uint8_t *dst = frame->data[0] + y * frame->linesize[0];
+            if (channels == 1) {
+                found |= quantize_row_th(src + y * width, dst, width);
+                continue;
+            }
+            for (int c = 0; c < channels; c++)
+                found |= quantize_row_th(src + c * plane + y * width, &rows[c * width], width);
+            for (int64_t x = 0; x < width; x++)
+                for (int c = 0; c < channels; c++)
+                    dst[x * step + c] = rows[c * width + x];
+        }
+        if (found)
+            nan = 1;
+    });
+    return nan;
+}
+
 /** Fill dst, a C x H x W float tensor, from the frame. */
 static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
 {
@@ -587,6 +721,10 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
                                                        : torch::kUInt8;
     torch::Tensor src;
 
+    if (packed_on_host_th(frame, dst)) {
+        unpack_th(frame, dst.data_ptr<float>(), channels);
+        return;
+    }
     /* A 3-channel model on YUV frames gets R, G, B; P010 is converted
      * there too. */
     if ((dst.size(0) == 3 && channels == 1 && is_yuv_th(fmt)) || depth_th(fmt) != 8) {
@@ -602,7 +740,7 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
 
 /**
  * Write src, a C x H x W float tensor, into the frame.
- * @return 1 if src holds NaN (the frame is then left as it was), 0 otherwise
+ * @return 1 if src holds NaN (the frame is then not usable), 0 otherwise
  */
 static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
                               torch::Tensor &staging)
@@ -613,6 +751,8 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
                                                        : torch::kUInt8;
     torch::Tensor dst;
 
+    if (packed_on_host_th(frame, src))
+        return pack_th(src.data_ptr<float>(), frame, channels);
     if (src.size(0) == 3 && channels == 1 && is_yuv_th(fmt))
         return rgb_to_yuv_frame_th(src, frame);
     if (depth_th(fmt) != 8) {
