@@ -65,6 +65,7 @@ extern "C" {
 #include "libavutil/cpu.h"
 #include "libavutil/detection_bbox.h"
 #include "libavutil/hwcontext.h"
+#include "libavutil/intreadwrite.h"
 #include "libavutil/mem.h"
 #include "libavutil/opt.h"
 #include "libavutil/pixdesc.h"
@@ -662,6 +663,61 @@ static int quantize_row_th(const float *src, uint8_t *dst, int n)
     return nan;
 }
 
+/*
+ * Three channel rows to packed pixels of step bytes (3 or 4) and back, four
+ * bytes at a time; the fourth byte of a 4-byte pixel is written as 255 and
+ * set by the caller.
+ */
+static void interleave_th(const uint8_t *c0, const uint8_t *c1, const uint8_t *c2,
+                          uint8_t *dst, int64_t width, int step)
+{
+    int64_t x = 0;
+
+    if (step == 4) {
+        for (; x < width; x++)
+            AV_WL32(dst + 4 * x, c0[x] | c1[x] << 8 | c2[x] << 16 | 0xFFu << 24);
+        return;
+    }
+    for (; x + 4 <= width; x += 4, dst += 12) {
+        AV_WL32(dst,     c0[x]     | c1[x]     << 8 | c2[x]     << 16 | (uint32_t)c0[x + 1] << 24);
+        AV_WL32(dst + 4, c1[x + 1] | c2[x + 1] << 8 | c0[x + 2] << 16 | (uint32_t)c1[x + 2] << 24);
+        AV_WL32(dst + 8, c2[x + 2] | c0[x + 3] << 8 | c1[x + 3] << 16 | (uint32_t)c2[x + 3] << 24);
+    }
+    for (; x < width; x++, dst += 3) {
+        dst[0] = c0[x];
+        dst[1] = c1[x];
+        dst[2] = c2[x];
+    }
+}
+
+static void deinterleave_th(const uint8_t *src, uint8_t *c0, uint8_t *c1, uint8_t *c2,
+                            int64_t width, int step)
+{
+    int64_t x = 0;
+
+    if (step == 4) {
+        for (; x < width; x++) {
+            uint32_t p = AV_RL32(src + 4 * x);
+            c0[x] = p;
+            c1[x] = p >> 8;
+            c2[x] = p >> 16;
+        }
+        return;
+    }
+    for (; x + 4 <= width; x += 4, src += 12) {
+        uint32_t a = AV_RL32(src), b = AV_RL32(src + 4), c = AV_RL32(src + 8);
+        c0[x] = a;          c1[x] = a >> 8;      c2[x] = a >> 16;
+        c0[x + 1] = a >> 24; c1[x + 1] = b;      c2[x + 1] = b >> 8;
+        c0[x + 2] = b >> 16; c1[x + 2] = b >> 24; c2[x + 2] = c;
+        c0[x + 3] = c >> 8;  c1[x + 3] = c >> 16; c2[x + 3] = c >> 24;
+    }
+    for (; x < width; x++, src += 3) {
+        c0[x] = src[0];
+        c1[x] = src[1];
+        c2[x] = src[2];
+    }
+}
+
 static void unpack_th(const AVFrame *frame, float *dst, int channels)
 {
     int step = is_rgb32_th(frame_format_th(frame)) ? 4 : channels;
@@ -675,9 +731,7 @@ static void unpack_th(const AVFrame *frame, float *dst, int channels)
                 dequantize_row_th(src, dst + y * width, width);
                 continue;
             }
-            for (int64_t x = 0; x < width; x++)
-                for (int c = 0; c < channels; c++)
-                    rows[c * width + x] = src[x * step + c];
+            deinterleave_th(src, &rows[0], &rows[width], &rows[2 * width], width, step);
             for (int c = 0; c < channels; c++)
                 dequantize_row_th(&rows[c * width], dst + c * plane + y * width, width);
         }
@@ -702,9 +756,7 @@ static int pack_th(const float *src, AVFrame *frame, int channels)
             }
             for (int c = 0; c < channels; c++)
                 found |= quantize_row_th(src + c * plane + y * width, &rows[c * width], width);
-            for (int64_t x = 0; x < width; x++)
-                for (int c = 0; c < channels; c++)
-                    dst[x * step + c] = rows[c * width + x];
+            interleave_th(&rows[0], &rows[width], &rows[2 * width], dst, width, step);
         }
         if (found)
             nan = 1;
