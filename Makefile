@@ -37,7 +37,7 @@ FF_CONFIG = --disable-everything --disable-autodetect --disable-doc \
     --enable-encoder=rawvideo,png,wrapped_avframe \
     --enable-decoder=rawvideo,png,wrapped_avframe --enable-parser=png \
     --enable-protocol=file,pipe --enable-zlib \
-    $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda) \
+    $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda --pkg-config=$(PKG_CONFIG)) \
     $(if $(filter no,$(X86ASM)),--disable-x86asm) \
     --enable-libtorch \
     --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include$(if $(CUDA_INCLUDE), -I$(CUDA_INCLUDE))' \
