@@ -123,8 +123,6 @@ typedef struct THRequestItem {
     torch::Tensor *output;
     /** Frames in the forward call: nb_lltasks, or batch_size for a package. */
     int64_t batch;
-    /** Staging for the float to 8-bit conversion of one output frame. */
-    torch::Tensor *staging;
     /** Set by th_start_inference(), read by the completion callback. */
     int status;
     DNNAsyncExecModule exec_module;
@@ -364,22 +362,6 @@ static int format_channels_th(enum AVPixelFormat fmt)
         return 1;
     default:
         return 0;
-    }
-}
-
-/**
- * Copy between a C x H x W tensor and an H x W x C plane, one channel at a
- * time: a copy through permute() iterates over the 3 channels innermost and
- * runs at half the speed here.
- */
-static void copy_channels_th(const torch::Tensor &planar, const torch::Tensor &packed,
-                             int to_packed)
-{
-    for (int64_t c = 0; c < planar.size(0); c++) {
-        if (to_packed)
-            packed.select(2, c).copy_(planar[c]);
-        else
-            planar[c].copy_(packed.select(2, c));
     }
 }
 
@@ -764,75 +746,46 @@ static int pack_th(const float *src, AVFrame *frame, int channels)
     return nan;
 }
 
-/** Fill dst, a C x H x W float tensor, from the frame. */
+/**
+ * Fill dst, a C x H x W float tensor, from the frame: in one pass where
+ * packed_on_host_th() allows, otherwise as a detector reads it.
+ */
 static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
 {
-    enum AVPixelFormat fmt = frame_format_th(frame);
-    int channels = format_channels_th(fmt);
-    torch::ScalarType type = fmt == AV_PIX_FMT_GRAYF32 ? torch::kFloat32
-                                                       : torch::kUInt8;
-    torch::Tensor src;
-
     if (packed_on_host_th(frame, dst)) {
-        unpack_th(frame, dst.data_ptr<float>(), channels);
+        unpack_th(frame, dst.data_ptr<float>(), dst.size(0));
         return;
     }
-    /* A 3-channel model on YUV frames gets R, G, B; P010 is converted
-     * there too. */
-    if ((dst.size(0) == 3 && channels == 1 && is_yuv_th(fmt)) || depth_th(fmt) != 8) {
-        dst.copy_(frame_region_th(frame, dst.size(0), 0, 0, frame->width, frame->height));
-        return;
-    }
-    src = frame_plane_th(frame, 0, frame->height, frame->width, channels, type,
-                         is_rgb32_th(fmt) ? 4 : 0);
-    copy_channels_th(dst, src, 0);
-    if (type == torch::kUInt8)
-        dst.div_(255.0);
+    dst.copy_(frame_region_th(frame, dst.size(0), 0, 0, frame->width, frame->height));
 }
 
 /**
  * Write src, a C x H x W float tensor, into the frame.
  * @return 1 if src holds NaN (the frame is then not usable), 0 otherwise
  */
-static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
-                              torch::Tensor &staging)
+static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame)
 {
     enum AVPixelFormat fmt = frame_format_th(frame);
     int channels = format_channels_th(fmt);
-    torch::ScalarType type = fmt == AV_PIX_FMT_GRAYF32 ? torch::kFloat32
-                                                       : torch::kUInt8;
-    torch::Tensor dst;
+    torch::Tensor values, plane;
 
     if (packed_on_host_th(frame, src))
         return pack_th(src.data_ptr<float>(), frame, channels);
     if (src.size(0) == 3 && channels == 1 && is_yuv_th(fmt))
         return rgb_to_yuv_frame_th(src, frame);
-    if (depth_th(fmt) != 8) {
-        int max = (1 << depth_th(fmt)) - 1;
-        torch::Tensor values = src[0] * max;
-        if (std::isnan(values.max().item<float>()))
-            return 1;
-        store_samples_th(frame_plane_th(frame, 0, frame->height, frame->width, 1,
-                                        sample_type_th(fmt)).select(2, 0),
-                         values, depth_th(fmt));
-        return 0;
-    }
-    dst = frame_plane_th(frame, 0, frame->height, frame->width, channels, type,
-                         is_rgb32_th(fmt) ? 4 : 0);
-    if (type == torch::kFloat32) {
-        if (std::isnan(src.max().item<float>()))
-            return 1;
-        copy_channels_th(src, dst, 1);
-        return 0;
-    }
-    if (!staging.defined() || staging.sizes() != src.sizes())
-        staging = torch::empty(src.sizes(), src.options());
-    torch::mul_out(staging, src, 255.0);
-    staging.clamp_(0.0, 255.0).round_();
-    /* clamp and round keep NaN; the maximum finds it in one reduction. */
-    if (std::isnan(staging.max().item<float>()))
+
+    /* One plane: gray, Y, or packed RGB in its memory order. */
+    values = src.permute({ 1, 2, 0 });
+    /* The maximum finds NaN in one reduction. */
+    if (std::isnan(values.max().item<float>()))
         return 1;
-    copy_channels_th(staging, dst, 1);
+    if (fmt == AV_PIX_FMT_GRAYF32) {
+        frame_plane_th(frame, 0, frame->height, frame->width, 1, torch::kFloat32).copy_(values);
+        return 0;
+    }
+    plane = frame_plane_th(frame, 0, frame->height, frame->width, channels,
+                           sample_type_th(fmt), is_rgb32_th(fmt) ? 4 : 0);
+    store_samples_th(plane, values * ((1 << depth_th(fmt)) - 1), depth_th(fmt));
     return 0;
 }
 
@@ -988,7 +941,6 @@ static void destroy_request_item_th(THRequestItem **arg)
         av_freep(&item->lltasks[i]);
     delete item->input;
     delete item->output;
-    delete item->staging;
     av_freep(arg);
 }
 
@@ -1201,7 +1153,7 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out)
     }
     try {
         const AVFrame *in = request->lltasks[index]->task->in_frame;
-        if (tensor_to_frame_th(result, out, *request->staging)) {
+        if (tensor_to_frame_th(result, out)) {
             av_log(ctx, AV_LOG_ERROR, "The model returned NaN; check its "
                    "weights and that it expects input in [0, 1].\n");
             return AVERROR(EINVAL);
@@ -1834,7 +1786,6 @@ static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
         try {
             item->input = new torch::Tensor();
             item->output = new torch::Tensor();
-            item->staging = new torch::Tensor();
         } catch (const std::exception &e) {
             destroy_request_item_th(&item);
             goto fail;
