@@ -121,12 +121,17 @@ def main(outdir):
     print("wrote %s" % os.path.join(outdir, "results.json"))
 
 
+def find_fps(rows, impl, config):
+    """The fps of the row of impl and config, None if absent or failed."""
+    for r in rows:
+        if r["impl"] == impl and r["config"] == config:
+            return r["fps"]
+    return None
+
+
 def report(case, rows):
     def fps(impl, config):
-        for r in rows:
-            if r["impl"] == impl and r["config"] == config:
-                return r["fps"]
-        return None
+        return find_fps(rows, impl, config)
 
     ours = [r for r in rows if r["impl"].startswith("ours") and r["fps"]]
     best = max(ours, key=lambda r: r["fps"]) if ours else None

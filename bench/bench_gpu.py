@@ -18,14 +18,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-import models  # noqa: E402
-from bench import measure  # noqa: E402
+from bench import FFMPEG, FORWARD, MODELS, UPSTREAM, find_fps, measure, models
 
-FFMPEG = os.environ["FFMPEG"]
-UPSTREAM = os.environ["UPSTREAM_FFMPEG"]
-FORWARD = os.environ["FORWARD"]
-MODELS = os.environ["MODELS"]
 FRAMES = int(os.environ.get("BENCH_FRAMES", "500"))
 
 CASES = [
@@ -99,10 +93,7 @@ def main(outdir):
 
 def report(case, rows):
     def fps(impl, config):
-        for r in rows:
-            if r["impl"] == impl and r["config"] == config:
-                return r["fps"]
-        return None
+        return find_fps(rows, impl, config)
 
     print("\n%s" % case)
     print("  %-9s %-45s %9s" % ("impl", "config", "fps"))

@@ -25,11 +25,11 @@ CUDA_FORMATS = ("nv12", "p010le", "yuv420p", "yuv444p", "bgra", "rgba", "bgr0", 
 COPIED = re.compile(r"Host-device copies of frame data: (\d+) bytes")
 
 
-def cuda_process(size, frames, fmt, vf, device=CUDA_DEVICE, loglevel="error"):
+def cuda_process(size, frames, fmt, vf, loglevel="error"):
     """Frames uploaded, through vf on the GPU, downloaded: (raw output, log)."""
     args = source(size, frames, fmt)
     args[-1] += ",hwupload,%s,hwdownload,format=%s" % (vf, fmt)
-    rc, out, err = run(device + args + ["-f", "rawvideo", "-"], loglevel=loglevel)
+    rc, out, err = run(CUDA_DEVICE + args + ["-f", "rawvideo", "-"], loglevel=loglevel)
     check(rc == 0, "ffmpeg failed (%d): %s" % (rc, err[-3000:]))
     return out, err
 

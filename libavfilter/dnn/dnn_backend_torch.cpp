@@ -105,11 +105,11 @@ typedef struct THModel {
     /** Bytes of frame data copied between host and device, under mutex. */
     int64_t transferred;
     /**
-     * CUDA frames (AV_PIX_FMT_CUDA): the frames context last checked, its
-     * device and the stream FFmpeg orders its work on (NULL: the legacy
-     * default stream).
+     * CUDA frames (AV_PIX_FMT_CUDA): the frames context last checked (held,
+     * so that another one cannot take its address), its device and the
+     * stream FFmpeg orders its work on (NULL: the legacy default stream).
      */
-    const void *cuda_frames;
+    AVBufferRef *cuda_frames;
     int cuda_device;
     void *cuda_stream;
 } THModel;
@@ -876,7 +876,7 @@ static int check_cuda_frames_th(THModel *th_model, const AVFrame *frame)
         return AVERROR(EINVAL);
     }
 #if HAVE_LIBTORCH_CUDA
-    if (frame->hw_frames_ctx->data == th_model->cuda_frames)
+    if (th_model->cuda_frames && frame->hw_frames_ctx->data == th_model->cuda_frames->data)
         return 0;
     enum AVPixelFormat sw_format = frame_format_th(frame);
     const torch::Device *model_device = th_model->device;
@@ -900,7 +900,10 @@ static int check_cuda_frames_th(THModel *th_model, const AVFrame *frame)
                model_device->str().c_str(), device);
         return AVERROR(EINVAL);
     }
-    th_model->cuda_frames = frame->hw_frames_ctx->data;
+    av_buffer_unref(&th_model->cuda_frames);
+    th_model->cuda_frames = av_buffer_ref(frame->hw_frames_ctx);
+    if (!th_model->cuda_frames)
+        return AVERROR(ENOMEM);
     th_model->cuda_device = device;
     th_model->cuda_stream = stream;
     av_log(ctx, AV_LOG_VERBOSE, "CUDA frames of %s on device %d, %s stream.\n",
@@ -1538,6 +1541,7 @@ static void dnn_free_model_th(DNNModel **model)
     if (th_model->device)
         av_log(th_model->ctx, AV_LOG_VERBOSE, "Host-device copies of frame "
                "data: %" PRId64 " bytes.\n", th_model->transferred);
+    av_buffer_unref(&th_model->cuda_frames);
     delete th_model->net;
     delete th_model->device;
     ff_mutex_destroy(&th_model->mutex);
