@@ -14,6 +14,9 @@ VARIANT  := ours$(if $(SANITIZE),-$(SANITIZE))
 OBJ      := $(B)/$(VARIANT)
 FFMPEG   := $(OBJ)/ffmpeg
 UPSTREAM := $(B)/upstream/ffmpeg
+# make bench's peer: the pristine release with FFmpeg's own ONNX Runtime
+# backend, when ./configure was given --onnxruntime.
+ONNX_PEER := $(if $(ONNXRUNTIME_INCLUDE),$(B)/onnx/ffmpeg)
 JOBS     ?= $(shell nproc)
 
 # Files of ours that replace or extend the upstream tree, and one diff per
@@ -28,7 +31,7 @@ FF_FILTERS := dnn_processing dnn_detect dnn_classify testsrc2 color drawbox \
               format scale showinfo metadata null hstack loop setpts trim \
               crop pad split
 FF_CUDA_FILTERS := hwupload_cuda hwupload hwdownload
-FF_CONFIG = --disable-everything --disable-autodetect --disable-doc \
+FF_COMMON = --disable-everything --disable-autodetect --disable-doc \
     --disable-ffplay --disable-ffprobe --disable-stripping \
     --enable-avdevice --enable-indev=lavfi \
     --enable-filter=$(subst $() ,$(comma),$(FF_FILTERS)$(if $(filter yes,$(CUDA_FRAMES)), $(FF_CUDA_FILTERS))) \
@@ -39,16 +42,19 @@ FF_CONFIG = --disable-everything --disable-autodetect --disable-doc \
     --enable-protocol=file,pipe --enable-zlib \
     $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda --pkg-config=$(PKG_CONFIG)) \
     $(if $(filter no,$(X86ASM)),--disable-x86asm) \
-    --enable-libtorch \
-    --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include$(if $(CUDA_INCLUDE), -I$(CUDA_INCLUDE))' \
-    --extra-ldflags='-L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib' \
     $(if $(SANITIZE),--toolchain=gcc-$(SAN_TOOLCHAIN_$(SANITIZE)))
+FF_CONFIG = $(FF_COMMON) --enable-libtorch \
+    --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include$(if $(CUDA_INCLUDE), -I$(CUDA_INCLUDE))' \
+    --extra-ldflags='-L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib'
+# The peer loads no LibTorch, so that its memory is its own.
+FF_CONFIG_ONNX = $(FF_COMMON) --enable-libonnxruntime --extra-cflags='-I$(ONNXRUNTIME_INCLUDE)' \
+    --extra-ldflags='-L$(ONNXRUNTIME_LIB) -Wl,-rpath,$(ONNXRUNTIME_LIB)'
 comma := ,
 SAN_TOOLCHAIN_address := asan
 SAN_TOOLCHAIN_thread  := tsan
 FF_ENV = PKG_CONFIG_PATH=$(FFNVCODEC_PC)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}
 
-.PHONY: all upstream check check-gpu demo bench bench-gpu series series-check clean distclean FORCE
+.PHONY: all upstream onnx-peer check check-gpu demo bench bench-gpu series series-check clean distclean FORCE
 
 all: $(FFMPEG)
 
@@ -102,6 +108,16 @@ $(B)/upstream/ffbuild/config.mak: $(PRISTINE)/.stamp $(B)/config.mk
 $(UPSTREAM): $(B)/upstream/ffbuild/config.mak FORCE
 	$(MAKE) -C $(B)/upstream -j$(JOBS) ffmpeg
 
+onnx-peer: $(ONNX_PEER)
+
+$(B)/onnx/ffbuild/config.mak: $(PRISTINE)/.stamp $(B)/config.mk
+	mkdir -p $(B)/onnx
+	cd $(B)/onnx && $(FF_ENV) $(CURDIR)/$(PRISTINE)/configure $(FF_CONFIG_ONNX) > configure.log 2>&1 || \
+	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(B)/onnx/configure.log"; exit 1; }
+
+$(B)/onnx/ffmpeg: $(B)/onnx/ffbuild/config.mak FORCE
+	$(MAKE) -C $(B)/onnx -j$(JOBS) ffmpeg
+
 FORCE:
 
 # --- tests, demo, benchmarks -------------------------------------------------
@@ -118,8 +134,9 @@ check-gpu: $(FFMPEG)
 demo: $(FFMPEG)
 	FFMPEG=$(CURDIR)/$(FFMPEG) $(PYTHON) tools/demo.py $(B)/demo
 
-bench: $(FFMPEG) $(UPSTREAM) $(B)/bench/forward
-	$(TEST_ENV) FORWARD=$(CURDIR)/$(B)/bench/forward $(PYTHON) bench/bench.py $(B)/bench
+bench: $(FFMPEG) $(UPSTREAM) $(ONNX_PEER) $(B)/bench/forward
+	$(TEST_ENV) FORWARD=$(CURDIR)/$(B)/bench/forward \
+	    ONNX_FFMPEG=$(if $(ONNX_PEER),$(CURDIR)/$(ONNX_PEER)) $(PYTHON) bench/bench.py $(B)/bench
 
 bench-gpu: $(FFMPEG) $(UPSTREAM) $(B)/bench/forward
 	$(TEST_ENV) FORWARD=$(CURDIR)/$(B)/bench/forward $(PYTHON) bench/bench_gpu.py $(B)/bench
@@ -157,7 +174,7 @@ series-check: series $(TREE)
 	@echo "series: $$(ls $(B)/series | wc -l) patches apply with git am, and each commit builds"
 
 clean:
-	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/series $(B)/series-* $(B)/demo $(B)/bench $(B)/models
+	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/onnx $(B)/series $(B)/series-* $(B)/demo $(B)/bench $(B)/models
 
 distclean:
 	rm -rf $(B)

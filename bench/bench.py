@@ -1,11 +1,15 @@
 """make bench: ours against pristine upstream against the bare forward() of
 the same model, on the CPU, as ratios from one run.
 
-    python bench/bench.py OUTDIR    (FFMPEG, UPSTREAM_FFMPEG, FORWARD, MODELS)
+    python bench/bench.py OUTDIR    (FFMPEG, UPSTREAM_FFMPEG, FORWARD, MODELS,
+                                     ONNX_FFMPEG: optional)
+
+The peer, when ONNX_FFMPEG names an FFmpeg built with its own ONNX Runtime
+backend, runs the same models exported to ONNX.
 
 Frames per second are taken from ffmpeg's own progress reports, between the
 10th frame and the last, so that loading the model does not count.  Peak RSS
-is the process's maximum resident set (wait4).  Writes OUTDIR/results.json.
+is the process's own high-water mark (VmHWM).  Writes OUTDIR/results.json.
 """
 
 import json
@@ -14,6 +18,8 @@ import subprocess
 import sys
 import time
 
+import numpy
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import models  # noqa: E402
 
@@ -21,6 +27,7 @@ FFMPEG = os.environ["FFMPEG"]
 UPSTREAM = os.environ["UPSTREAM_FFMPEG"]
 FORWARD = os.environ["FORWARD"]
 MODELS = os.environ["MODELS"]
+ONNX = os.environ.get("ONNX_FFMPEG")
 FRAMES = int(os.environ.get("BENCH_FRAMES", "200"))
 THREADS = os.cpu_count()
 
@@ -38,8 +45,12 @@ PACKAGE_CONFIGS = ["", "async=0"]
 OURS_OPTIMIZE = 0
 
 
-def run_ffmpeg(binary, model, w, h, config):
-    vf = "format=rgb24,dnn_processing=dnn_backend=torch:model=" + model
+# FFmpeg's ONNX backend has no async mode and takes the tensor names.
+ONNX_CONFIG = "async=0:input=x:output=y"
+
+
+def run_ffmpeg(binary, model, w, h, config, backend="torch"):
+    vf = "format=rgb24,dnn_processing=dnn_backend=%s:model=%s" % (backend, model)
     if config:
         vf += ":" + config
     # One frame, repeated: the source costs nothing next to the filter.
@@ -47,14 +58,34 @@ def run_ffmpeg(binary, model, w, h, config):
     return measure([binary, "-f", "lavfi", "-i", src, "-vf", vf], FRAMES)
 
 
+def high_water_kb(pid):
+    """The process's peak resident set so far (VmHWM), in KiB, or 0 once it
+    is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def measure(args, frames):
     """Run ffmpeg with args (inputs and filters) for frames frames to the null
-    muxer: (fps after the 10th frame, peak RSS in KiB, error or None)."""
+    muxer: (fps after the 10th frame, peak RSS in KiB, error or None).
+
+    The peak is read from /proc while ffmpeg runs, at each progress report
+    (the last comes after the last frame): the rusage of wait4 would not do,
+    since Linux carries the maximum RSS of a process across exec, so a child
+    of this Python process, which holds torch, would report at least the
+    parent's size."""
     cmd = [args[0], "-nostdin", "-hide_banner", "-loglevel", "error"] + args[1:] + \
         ["-frames:v", str(frames), "-progress", "pipe:1", "-stats_period", "0.05",
          "-f", "null", "-"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = last = None
+    rss = 0
     for line in p.stdout:
         line = line.decode().strip()
         if line.startswith("frame="):
@@ -62,13 +93,34 @@ def measure(args, frames):
             if first is None and n >= 10:
                 first = (n, t)
             last = (n, t)
+        rss = max(rss, high_water_kb(p.pid))
     err = p.stderr.read().decode()
-    _, status, usage = os.wait4(p.pid, 0)
+    _, status, _ = os.wait4(p.pid, 0)
     if os.WIFSIGNALED(status):
-        return None, usage.ru_maxrss, "killed by signal %d" % os.WTERMSIG(status)
+        return None, rss, "killed by signal %d" % os.WTERMSIG(status)
     if status != 0 or not first or last[0] != frames or last[1] <= first[1]:
-        return None, usage.ru_maxrss, "failed: " + (err.strip().splitlines() or ["?"])[-1]
-    return (last[0] - first[0]) / (last[1] - first[1]), usage.ru_maxrss, None
+        return None, rss, "failed: " + (err.strip().splitlines() or ["?"])[-1]
+    return (last[0] - first[0]) / (last[1] - first[1]), rss, None
+
+
+def largest_difference(a, b, w, h):
+    """The largest difference of one sample between the first frame from
+    (binary, model, backend, config) a and from b: a peer that computed
+    something else would not be a peer."""
+    frames = []
+    for binary, model, backend, config in (a, b):
+        vf = "format=rgb24,dnn_processing=dnn_backend=%s:model=%s:%s" % (backend, model, config)
+        out = subprocess.run([binary, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                              "testsrc2=s=%dx%d:r=25" % (w, h), "-vf", vf, "-frames:v", "1",
+                              "-pix_fmt", "rgb24", "-f", "rawvideo", "-"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if out.returncode != 0 or not out.stdout:
+            return None
+        frames.append(out.stdout)
+    if len(frames[0]) != len(frames[1]):
+        return None
+    a, b = (numpy.frombuffer(f, dtype=numpy.uint8).astype(numpy.int16) for f in frames)
+    return int(numpy.abs(a - b).max())
 
 
 def run_forward(model, w, h, batch):
@@ -84,7 +136,8 @@ def main(outdir):
     os.makedirs(MODELS, exist_ok=True)
     models.main(MODELS)
     results = []
-    print("LibTorch CPU, %d threads, %d frames per run" % (THREADS, FRAMES))
+    print("LibTorch CPU, %d threads, %d frames per run%s" % (
+        THREADS, FRAMES, "" if ONNX else "; no ONNX peer (./configure --onnxruntime=PATH)"))
     for case, name, w, h in CASES:
         model = os.path.join(MODELS, name + ".pt")
         rows = []
@@ -104,6 +157,20 @@ def main(outdir):
             fps, rss, error = run_ffmpeg(FFMPEG, package, w, h, config)
             row = {"case": case, "impl": "ours .pt2", "config": config or "default",
                    "fps": round(fps, 2) if fps else None, "peak_rss_kb": rss}
+            if error:
+                row["error"] = error
+            rows.append(row)
+        if ONNX:
+            onnx_model = os.path.join(MODELS, name + ".onnx")
+            if not os.path.exists(onnx_model) or os.path.getmtime(onnx_model) < os.path.getmtime(models.__file__):
+                models.export_onnx(name, onnx_model)
+            fps, rss, error = run_ffmpeg(ONNX, onnx_model, w, h, ONNX_CONFIG, "onnx")
+            diff = largest_difference((FFMPEG, model, "torch", "async=0"),
+                                      (ONNX, onnx_model, "onnx", ONNX_CONFIG), w, h)
+            if diff is None or diff > 1:
+                error = "its output is not ours (largest difference %s)" % diff
+            row = {"case": case, "impl": "onnx peer", "config": "async=0",
+                   "fps": round(fps, 2) if fps and not error else None, "peak_rss_kb": rss}
             if error:
                 row["error"] = error
             rows.append(row)
@@ -151,6 +218,10 @@ def report(case, rows):
         d1, d0 = fps("ours", "default"), fps("ours", "async=0")
         if d1 and d0:
             print("  ours default / ours async=0: %.2fx" % (d1 / d0))
+    peer = [r for r in rows if r["impl"] == "onnx peer" and r["fps"]]
+    if best and peer:
+        print("  best ours / ONNX peer: %.2fx; ours default / ONNX peer: %.2fx" % (
+            best["fps"] / peer[0]["fps"], (fps("ours", "default") or 0) / peer[0]["fps"]))
 
 
 if __name__ == "__main__":

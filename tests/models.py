@@ -357,6 +357,19 @@ def compile_package(net, shape, dynamic, path, device="cpu"):
     os.replace(path + ".tmp.pt2", path)
 
 
+def export_onnx(net, path):
+    """Export model net to ONNX for FFmpeg's ONNX backend: input x, output y,
+    height and width left free.  Needs the onnx package."""
+    torch.manual_seed(1234)
+    model = MODELS[net]().eval()
+    torch.onnx.export(model, (torch.rand(1, 3, 36, 64),), path + ".tmp",
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {2: "height", 3: "width"},
+                                    "y": {2: "out_height", 3: "out_width"}},
+                      dynamo=False)
+    os.replace(path + ".tmp", path)
+
+
 def packages(outdir):
     """Compile the packages that are missing or older than this file."""
     os.makedirs(outdir, exist_ok=True)
