@@ -119,8 +119,8 @@ def largest_difference(a, b, w, h):
         frames.append(out.stdout)
     if len(frames[0]) != len(frames[1]):
         return None
-    a, b = (numpy.frombuffer(f, dtype=numpy.uint8).astype(numpy.int16) for f in frames)
-    return int(numpy.abs(a - b).max())
+    x, y = (numpy.frombuffer(f, dtype=numpy.uint8).astype(numpy.int16) for f in frames)
+    return int(numpy.abs(x - y).max())
 
 
 def run_forward(model, w, h, batch):

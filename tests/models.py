@@ -2,7 +2,8 @@
 
     python tests/models.py DIR     writes every model below into DIR
 
-packages(DIR) compiles some of them into AOTInductor packages (.pt2).
+packages(DIR) compiles some of them into AOTInductor packages (.pt2);
+export_onnx(NAME, PATH) exports one to ONNX for the benchmark's peer.
 
 The exact models (identity, inversion, power-of-two weights) give outputs
 that float arithmetic computes without rounding, so they are compared
@@ -11,6 +12,7 @@ bit-exactly; the others are compared to PyTorch by PSNR.
 
 import os
 import sys
+import warnings
 
 import torch
 import torch.nn as nn
@@ -362,11 +364,15 @@ def export_onnx(net, path):
     height and width left free.  Needs the onnx package."""
     torch.manual_seed(1234)
     model = MODELS[net]().eval()
-    torch.onnx.export(model, (torch.rand(1, 3, 36, 64),), path + ".tmp",
-                      input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {2: "height", 3: "width"},
-                                    "y": {2: "out_height", 3: "out_width"}},
-                      dynamo=False)
+    # The TorchScript-based exporter (deprecated, still there in 2.11): the
+    # torch.export-based one would also need the onnxscript package.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.rand(1, 3, 36, 64),), path + ".tmp",
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {2: "height", 3: "width"},
+                                        "y": {2: "out_height", 3: "out_width"}},
+                          dynamo=False)
     os.replace(path + ".tmp", path)
 
 
