@@ -21,6 +21,7 @@ import time
 import numpy
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import harness  # noqa: E402
 import models  # noqa: E402
 
 FFMPEG = os.environ["FFMPEG"]
@@ -103,24 +104,20 @@ def measure(args, frames):
     return (last[0] - first[0]) / (last[1] - first[1]), rss, None
 
 
-def largest_difference(a, b, w, h):
-    """The largest difference of one sample between the first frame from
-    (binary, model, backend, config) a and from b: a peer that computed
-    something else would not be a peer."""
-    frames = []
-    for binary, model, backend, config in (a, b):
-        vf = "format=rgb24,dnn_processing=dnn_backend=%s:model=%s:%s" % (backend, model, config)
-        out = subprocess.run([binary, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
-                              "testsrc2=s=%dx%d:r=25" % (w, h), "-vf", vf, "-frames:v", "1",
-                              "-pix_fmt", "rgb24", "-f", "rawvideo", "-"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if out.returncode != 0 or not out.stdout:
-            return None
-        frames.append(out.stdout)
-    if len(frames[0]) != len(frames[1]):
+def peer_difference(model, onnx_model, w, h):
+    """The largest difference of one sample between our first frame and the
+    peer's, None if either run fails: a peer that computed something else
+    would not be a peer."""
+    size = "%dx%d" % (w, h)
+    try:
+        ours = harness.process(FFMPEG, size, 1, "rgb24", "dnn_processing=dnn_backend=torch:"
+                               "model=%s:async=0" % model)
+        peer = harness.process(ONNX, size, 1, "rgb24", "dnn_processing=dnn_backend=onnx:"
+                               "model=%s:%s" % (onnx_model, ONNX_CONFIG))
+        return harness.max_diff(numpy.frombuffer(ours, numpy.uint8),
+                                numpy.frombuffer(peer, numpy.uint8))
+    except harness.Failure:
         return None
-    x, y = (numpy.frombuffer(f, dtype=numpy.uint8).astype(numpy.int16) for f in frames)
-    return int(numpy.abs(x - y).max())
 
 
 def run_forward(model, w, h, batch):
@@ -165,8 +162,7 @@ def main(outdir):
             if not os.path.exists(onnx_model) or os.path.getmtime(onnx_model) < os.path.getmtime(models.__file__):
                 models.export_onnx(name, onnx_model)
             fps, rss, error = run_ffmpeg(ONNX, onnx_model, w, h, ONNX_CONFIG, "onnx")
-            diff = largest_difference((FFMPEG, model, "torch", "async=0"),
-                                      (ONNX, onnx_model, "onnx", ONNX_CONFIG), w, h)
+            diff = peer_difference(model, onnx_model, w, h)
             if diff is None or diff > 1:
                 error = "its output is not ours (largest difference %s)" % diff
             row = {"case": case, "impl": "onnx peer", "config": "async=0",
