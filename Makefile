@@ -89,11 +89,13 @@ TREE := $(SRC)/.stamp $(addprefix $(SRC)/,$(OUR_FILES) $(PATCHED))
 # --- builds -------------------------------------------------------------------
 
 # FFmpeg's configure runs once per tree; edits to our files and diffs only
-# rebuild what depends on them.
+# rebuild what depends on them.  FFmpeg's own build does not relink when
+# only the link flags change, so a reconfigured tree drops its binaries.
 $(OBJ)/ffbuild/config.mak: $(SRC)/.stamp $(SRC)/configure $(B)/config.mk
 	mkdir -p $(OBJ)
 	cd $(OBJ) && $(FF_ENV) $(CURDIR)/$(SRC)/configure $(FF_CONFIG) > configure.log 2>&1 || \
 	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(OBJ)/configure.log"; exit 1; }
+	rm -f $(OBJ)/ffmpeg $(OBJ)/ffmpeg_g
 
 $(FFMPEG): $(OBJ)/ffbuild/config.mak $(TREE) FORCE
 	$(MAKE) -C $(OBJ) -j$(JOBS) ffmpeg
@@ -104,6 +106,7 @@ $(B)/upstream/ffbuild/config.mak: $(PRISTINE)/.stamp $(B)/config.mk
 	mkdir -p $(B)/upstream
 	cd $(B)/upstream && $(FF_ENV) $(CURDIR)/$(PRISTINE)/configure $(FF_CONFIG) > configure.log 2>&1 || \
 	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(B)/upstream/configure.log"; exit 1; }
+	rm -f $(B)/upstream/ffmpeg $(B)/upstream/ffmpeg_g
 
 $(UPSTREAM): $(B)/upstream/ffbuild/config.mak FORCE
 	$(MAKE) -C $(B)/upstream -j$(JOBS) ffmpeg
@@ -114,6 +117,7 @@ $(B)/onnx/ffbuild/config.mak: $(PRISTINE)/.stamp $(B)/config.mk
 	mkdir -p $(B)/onnx
 	cd $(B)/onnx && $(FF_ENV) $(CURDIR)/$(PRISTINE)/configure $(FF_CONFIG_ONNX) > configure.log 2>&1 || \
 	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(B)/onnx/configure.log"; exit 1; }
+	rm -f $(B)/onnx/ffmpeg $(B)/onnx/ffmpeg_g
 
 $(B)/onnx/ffmpeg: $(B)/onnx/ffbuild/config.mak FORCE
 	$(MAKE) -C $(B)/onnx -j$(JOBS) ffmpeg
