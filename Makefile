@@ -43,8 +43,10 @@ FF_COMMON = --disable-everything --disable-autodetect --disable-doc \
     $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda --pkg-config=$(PKG_CONFIG)) \
     $(if $(filter no,$(X86ASM)),--disable-x86asm) \
     $(if $(SANITIZE),--toolchain=gcc-$(SAN_TOOLCHAIN_$(SANITIZE)))
+# LibTorch of the old libstdc++ ABI needs the code that calls it built so.
+TORCH_ABI_FLAG = $(if $(filter 0,$(TORCH_CXX11_ABI)),-D_GLIBCXX_USE_CXX11_ABI=0)
 FF_CONFIG = $(FF_COMMON) --enable-libtorch \
-    --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include$(if $(CUDA_INCLUDE), -I$(CUDA_INCLUDE))' \
+    --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include$(if $(CUDA_INCLUDE), -I$(CUDA_INCLUDE)) $(TORCH_ABI_FLAG)' \
     --extra-ldflags='-L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib'
 # The peer loads no LibTorch, so that its memory is its own.
 FF_CONFIG_ONNX = $(FF_COMMON) --enable-libonnxruntime --extra-cflags='-I$(ONNXRUNTIME_INCLUDE)' \
@@ -127,7 +129,8 @@ FORCE:
 # --- tests, demo, benchmarks -------------------------------------------------
 
 TEST_ENV = FFMPEG=$(CURDIR)/$(FFMPEG) UPSTREAM_FFMPEG=$(CURDIR)/$(UPSTREAM) \
-           SANITIZE=$(SANITIZE) MODELS=$(CURDIR)/$(B)/models
+           SANITIZE=$(SANITIZE) MODELS=$(CURDIR)/$(B)/models \
+           LIBTORCH_VERSION=$(TORCH_VERSION)
 
 check: $(FFMPEG) $(if $(SANITIZE),,$(UPSTREAM))
 	$(TEST_ENV) $(PYTHON) tests/run.py
@@ -147,7 +150,7 @@ bench-gpu: $(FFMPEG) $(UPSTREAM) $(B)/bench/forward
 
 $(B)/bench/forward: bench/forward.cpp $(B)/config.mk
 	mkdir -p $(B)/bench
-	$(CXX) -O2 -std=c++17 -o $@ $< \
+	$(CXX) -O2 -std=c++17 $(TORCH_ABI_FLAG) -o $@ $< \
 	    -I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include \
 	    -L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib -ltorch -ltorch_cpu -lc10 \
 	    $(if $(filter yes,$(TORCH_CUDA)),-Wl$(comma)--no-as-needed -ltorch_cuda -lc10_cuda)

@@ -147,10 +147,11 @@ def main(outdir):
                 if error:
                     row["error"] = error
                 rows.append(row)
-        package = os.path.join(MODELS, "bench-%s.pt2" % case)
-        if not os.path.exists(package) or os.path.getmtime(package) < os.path.getmtime(models.__file__):
+        package = os.path.join(MODELS, "bench-%s.pt2" % case) if harness.PACKAGES else None
+        if package and (not os.path.exists(package) or
+                        os.path.getmtime(package) < os.path.getmtime(models.__file__)):
             models.compile_package(name, (1, 3, h, w), (), package)
-        for config in PACKAGE_CONFIGS:
+        for config in PACKAGE_CONFIGS if package else ():
             fps, rss, error = run_ffmpeg(FFMPEG, package, w, h, config)
             row = {"case": case, "impl": "ours .pt2", "config": config or "default",
                    "fps": round(fps, 2) if fps else None, "peak_rss_kb": rss}
@@ -174,9 +175,10 @@ def main(outdir):
             rows.append({"case": case, "impl": "forward",
                          "config": "batch=%d:threads=%d:optimize=%d" % (batch, THREADS, OURS_OPTIMIZE),
                          "fps": round(run_forward(model, w, h, batch), 2), "peak_rss_kb": None})
-        rows.append({"case": case, "impl": "forward .pt2",
-                     "config": "batch=1:threads=%d" % THREADS,
-                     "fps": round(run_forward(package, w, h, 1), 2), "peak_rss_kb": None})
+        if package:
+            rows.append({"case": case, "impl": "forward .pt2",
+                         "config": "batch=1:threads=%d" % THREADS,
+                         "fps": round(run_forward(package, w, h, 1), 2), "peak_rss_kb": None})
         results += rows
         report(case, rows)
     with open(os.path.join(outdir, "results.json"), "w") as f:

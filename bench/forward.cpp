@@ -16,9 +16,14 @@
 #include <functional>
 
 #include <ATen/Parallel.h>
-#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
+#include <torch/version.h>
+// Packages need LibTorch 2.10, as in the filter.
+#define PACKAGES (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 10))
+#if PACKAGES
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#endif
 
 int main(int argc, char **argv)
 {
@@ -40,13 +45,20 @@ int main(int argc, char **argv)
         torch::Tensor input = torch::rand({ batch, c, h, w }, torch::TensorOptions().device(device));
         std::function<void()> run;
         torch::jit::Module module;
-        std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;
         size_t len = std::strlen(argv[1]);
+#if PACKAGES
+        std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;
+#endif
 
         if (len > 4 && !std::strcmp(argv[1] + len - 4, ".pt2")) {
+#if PACKAGES
             package.reset(new torch::inductor::AOTIModelPackageLoader(
                 argv[1], "model", false, 1, device.is_cuda() ? 0 : -1));
             run = [&]() { package->run({ input }); };
+#else
+            std::fprintf(stderr, "forward: packages need LibTorch 2.10 or later\n");
+            return 1;
+#endif
         } else {
             module = torch::jit::load(argv[1], device);
             module.eval();

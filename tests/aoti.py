@@ -2,14 +2,22 @@
 
 The packages are compiled from the same test models by models.packages()
 (the first run of the suite takes a minute or two for it); they must give
-the same frames as the TorchScript models within 1 per sample.
+the same frames as the TorchScript models within 1 per sample.  Where the
+LibTorch under test is older than 2.10, a package must be refused instead.
 """
 
 import os
 import zipfile
 
-from harness import (MODELS, TMP, as_frames, check, expect_error, max_diff, model,
-                     process, run, test)
+import torch
+
+from harness import (MODELS, PACKAGES, TMP, as_frames, check, expect_error, max_diff,
+                     model, process, run, test)
+
+
+def package_test(fn):
+    """A test of the packages, run where the LibTorch under test loads them."""
+    return test(fn) if PACKAGES else fn
 
 
 def package(name):
@@ -28,7 +36,7 @@ def same_as_twin(pt2, twin, size, frames, extra=""):
           % (pt2, size, extra, max_diff(got, want)))
 
 
-@test
+@package_test
 def package_gives_the_frames_of_its_torchscript_twin():
     for size in ("64x48", "80x60", "42x18"):
         same_as_twin("conv1x1_dyn", "conv1x1", size, 3)
@@ -36,21 +44,21 @@ def package_gives_the_frames_of_its_torchscript_twin():
     same_as_twin("conv1x1_static", "conv1x1", "64x48", 3)
 
 
-@test
+@package_test
 def package_with_a_dynamic_batch():
     # 11 frames: the last batch of 3 is padded to the 4 the package runs.
     for cfg in ("batch_size=4:async=0", "batch_size=4:async=1:nireq=2", "batch_size=2"):
         same_as_twin("conv1x1_batch", "conv1x1", "64x48", 11, cfg)
 
 
-@test
+@package_test
 def static_package_refuses_another_shape_at_load():
     expect_error(torch_vf(package("conv1x1_static")), "exported", "Dim.DYNAMIC", size="80x60")
     expect_error(torch_vf(package("conv1x1_static"), "batch_size=2"), "batch_size", size="64x48")
     expect_error(torch_vf(package("conv1x1_batch")), "exported", size="64x48")
 
 
-@test
+@package_test
 def package_detector_finds_the_drawn_box():
     for path in (model("det_boxes"), package("det_boxes_160")):
         args = ["-f", "lavfi", "-i", "color=c=black:s=320x240,drawbox=x=40:y=60:w=100:h=90:"
@@ -79,7 +87,7 @@ def rewrite_package(src, dst, rename=None, edit=None):
     return dst
 
 
-@test
+@package_test
 def package_with_several_models():
     path = rewrite_package(package("conv1x1_static"), os.path.join(TMP, "two.pt2"),
                            rename=("first", "second"))
@@ -91,7 +99,7 @@ def package_with_several_models():
           "model_name=second does not run the model")
 
 
-@test
+@package_test
 def package_for_another_device():
     def to_cuda(name, data):
         if name.endswith("wrapper_metadata.json"):
@@ -102,7 +110,7 @@ def package_for_another_device():
     expect_error(torch_vf(path), "compiled for cuda", "device=cuda")
 
 
-@test
+@package_test
 def broken_packages():
     data = open(package("conv1x1_dyn"), "rb").read()
     truncated = os.path.join(TMP, "truncated.pt2")
@@ -114,3 +122,18 @@ def broken_packages():
         z.writestr("readme.txt", "not a model")
     expect_error(torch_vf(foreign), "Could not load")
     expect_error(torch_vf(package("tuple_static")), "list of 2 values")
+
+
+def package_refused_by_an_older_libtorch():
+    # An archive with a package's layout, written by PyTorch's own writer:
+    # older PyTorch cannot compile one.
+    path = os.path.join(TMP, "older.pt2")
+    writer = torch._C.PyTorchFileWriter(path)
+    data = b"not a library"
+    writer.write_record("data/aotinductor/model/model.so", data, len(data))
+    writer.write_end_of_file()
+    expect_error(torch_vf(path), "AOTInductor package", "LibTorch 2.10 or later", "TorchScript")
+
+
+if not PACKAGES:
+    test(package_refused_by_an_older_libtorch)

@@ -15,8 +15,8 @@ import numpy as np
 
 import models
 from analytics import COLOR_NAMES, COLORED, detect, drawn, side_data
-from harness import (FFMPEG, TMP, check, expect_error, gpu_test, max_diff, model,
-                     process, run, source, torch_filter, write)
+from harness import (FFMPEG, PACKAGES, TMP, check, expect_error, gpu_test, max_diff,
+                     model, process, run, source, torch_filter, write)
 
 # The device in its primary context, which LibTorch shares (see the README).
 CUDA_DEVICE = ["-init_hw_device", "cuda=cu:0,primary_ctx=1", "-filter_hw_device", "cu"]
@@ -90,7 +90,6 @@ def cuda_detect_gives_the_cpu_side_data():
     check(cpu and cpu == gpu, "cuda side data %s, cpu %s" % (gpu, cpu))
 
 
-@gpu_test
 def cuda_package():
     path = os.path.join(TMP, "conv1x1_cuda.pt2")
     models.compile_package("conv1x1", (1, 3, 48, 64), (2, 3), path, device="cuda")
@@ -102,6 +101,10 @@ def cuda_package():
     expect_error("dnn_processing=dnn_backend=torch:model=" + path, "compiled for cuda")
     expect_error("dnn_processing=dnn_backend=torch:model=%s:device=cuda"
                  % model("conv1x1").replace(".pt", "_dyn.pt2"), "compiled for cpu")
+
+
+if PACKAGES:
+    gpu_test(cuda_package)
 
 
 @gpu_test

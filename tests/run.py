@@ -387,7 +387,8 @@ def main():
         sys.exit(0)
     os.makedirs(MODELS, exist_ok=True)
     models.main(MODELS)
-    models.packages(MODELS)
+    if PACKAGES:
+        models.packages(MODELS)
     tests = GPU_TESTS if on_gpu else TESTS
     sys.exit(run_tests([t for t in tests if not argv or any(a in t.__name__ for a in argv)]))
 

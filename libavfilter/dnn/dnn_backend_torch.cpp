@@ -43,14 +43,26 @@ extern "C" {
 
 #include <ATen/Parallel.h>
 #include <caffe2/serialize/inline_container.h>
-#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/version.h>
+#define TH_LIBTORCH_AT_LEAST(major, minor) \
+    (TORCH_VERSION_MAJOR > (major) ||      \
+     (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+/* AOTInductor packages need the package loader of LibTorch 2.10: its device
+ * index and its metadata reader.  Older LibTorch runs TorchScript only. */
+#if TH_LIBTORCH_AT_LEAST(2, 10)
+#define TH_PACKAGES 1
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#else
+#define TH_PACKAGES 0
+#endif
+/* CUDA frames wait on a c10::Event, which can block from LibTorch 2.4 on. */
+#define TH_CUDA_FRAMES (HAVE_LIBTORCH_CUDA && TH_LIBTORCH_AT_LEAST(2, 4))
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
-#if HAVE_LIBTORCH_CUDA
+#if TH_CUDA_FRAMES
 /* Only what c10_cuda exports: the CUDA runtime is not linked directly. */
 #include <c10/core/Event.h>
 #include <c10/core/StreamGuard.h>
@@ -72,7 +84,7 @@ extern "C" {
 #include "libavutil/thread.h"
 #include "queue.h"
 #include "safe_queue.h"
-#if HAVE_LIBTORCH_CUDA
+#if TH_CUDA_FRAMES
 #include "dnn_cuda.h"
 #endif
 }
@@ -202,6 +214,7 @@ private:
     bool graph_optimize_;
 };
 
+#if TH_PACKAGES
 class THPackageNet : public THNet {
 public:
     THPackageNet(const std::string &path, const std::string &name,
@@ -221,6 +234,7 @@ public:
 private:
     torch::inductor::AOTIModelPackageLoader loader_;
 };
+#endif
 
 /** What the model returned, when it is not a tensor. */
 static std::string describe_result_th(const torch::jit::IValue &v)
@@ -269,7 +283,7 @@ static enum AVPixelFormat frame_format_th(const AVFrame *frame)
  */
 static torch::Device frame_device_th(const AVFrame *frame)
 {
-#if HAVE_LIBTORCH_CUDA
+#if TH_CUDA_FRAMES
     if (frame->format == AV_PIX_FMT_CUDA)
         return torch::Device(torch::kCUDA, c10::cuda::current_device());
 #endif
@@ -828,7 +842,7 @@ class THCudaScope {
 public:
     THCudaScope(const THModel *th_model, const AVFrame *frame)
     {
-#if HAVE_LIBTORCH_CUDA
+#if TH_CUDA_FRAMES
         if (frame->format != AV_PIX_FMT_CUDA)
             return;
         c10::DeviceIndex index = th_model->cuda_device;
@@ -845,7 +859,7 @@ public:
      */
     void wait()
     {
-#if HAVE_LIBTORCH_CUDA
+#if TH_CUDA_FRAMES
         if (!guard_)
             return;
         c10::Event done(c10::DeviceType::CUDA);
@@ -855,7 +869,7 @@ public:
     }
 
 private:
-#if HAVE_LIBTORCH_CUDA
+#if TH_CUDA_FRAMES
     std::optional<c10::StreamGuard> guard_;
 #endif
 };
@@ -875,7 +889,7 @@ static int check_cuda_frames_th(THModel *th_model, const AVFrame *frame)
         av_log(ctx, AV_LOG_ERROR, "A CUDA frame without a frames context.\n");
         return AVERROR(EINVAL);
     }
-#if HAVE_LIBTORCH_CUDA
+#if TH_CUDA_FRAMES
     if (th_model->cuda_frames && frame->hw_frames_ctx->data == th_model->cuda_frames->data)
         return 0;
     enum AVPixelFormat sw_format = frame_format_th(frame);
@@ -911,8 +925,9 @@ static int check_cuda_frames_th(THModel *th_model, const AVFrame *frame)
     return 0;
 #else
     av_log(ctx, AV_LOG_ERROR, "This build takes no CUDA frames: it needs FFmpeg's "
-           "CUDA support (nv-codec-headers) and a LibTorch with CUDA at build "
-           "time. Add hwdownload,format=... before the filter.\n");
+           "CUDA support (nv-codec-headers) and a LibTorch 2.4 or later with "
+           "CUDA at build time (this is LibTorch %s). Add hwdownload,format=... "
+           "before the filter.\n", TORCH_VERSION);
     return AVERROR(ENOSYS);
 #endif
 }
@@ -1585,6 +1600,7 @@ static std::string join_th(const std::vector<std::string> &names)
     return s;
 }
 
+#if TH_PACKAGES
 static void enable_package_checks_th(void)
 {
     /* A package checks its input shapes against those it was compiled for
@@ -1592,10 +1608,10 @@ static void enable_package_checks_th(void)
      * bounds.  The generated code reads the variable once, at its first run. */
     setenv("AOTI_RUNTIME_CHECK_INPUTS", "1", 0);
 }
+#endif
 
 static int load_package_th(THModel *th_model, const std::vector<std::string> &names)
 {
-    static AVOnce checks_once = AV_ONCE_INIT;
     DnnContext *ctx = th_model->ctx;
     const char *path = ctx->model_filename;
     const char *wanted = ctx->torch_option.model_name;
@@ -1617,6 +1633,8 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
         av_log(ctx, AV_LOG_WARNING, "optimize applies to TorchScript; a package "
                "is compiled already.\n");
 
+#if TH_PACKAGES
+    static AVOnce checks_once = AV_ONCE_INIT;
     try {
         std::unordered_map<std::string, std::string> meta =
             torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, name);
@@ -1641,6 +1659,13 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
     }
     av_log(ctx, AV_LOG_VERBOSE, "AOTInductor package, model '%s'.\n", name.c_str());
     return 0;
+#else
+    av_log(ctx, AV_LOG_ERROR, "'%s' is an AOTInductor package, which needs "
+           "LibTorch 2.10 or later; this is LibTorch %s. Build against a newer "
+           "LibTorch, or save the model as TorchScript (torch.jit.script or "
+           "torch.jit.trace).\n", path, TORCH_VERSION);
+    return AVERROR(ENOSYS);
+#endif
 }
 
 static int load_script_th(THModel *th_model)
