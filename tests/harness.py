@@ -20,8 +20,8 @@ TMP = tempfile.mkdtemp(prefix="dnn-torch-tests-")
 TIMEOUT = 600 if SANITIZE else 180
 # The LibTorch under test, as its headers say (the Makefile passes it); the
 # backend loads AOTInductor packages from 2.10 on.
-LIBTORCH_VERSION = tuple(int(n) for n in os.environ.get(
-    "LIBTORCH_VERSION", torch.__version__).split("+")[0].split(".")[:2])
+LIBTORCH_VERSION = tuple(int(n) for n in (os.environ.get("LIBTORCH_VERSION") or
+                                           torch.__version__).split("+")[0].split(".")[:2])
 PACKAGES = LIBTORCH_VERSION >= (2, 10)
 
 TESTS = []
