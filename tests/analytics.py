@@ -173,9 +173,13 @@ def classify_run(fmt="rgb24", extra="", detect_extra=""):
     return frames
 
 
+# The model is promised R, G, B whatever the order of the bytes in memory.
+COLOUR_FORMATS = ("rgb24", "yuv420p", "bgr24", "bgra", "bgr0", "rgba", "rgb0")
+
+
 @test
 def classify_labels_each_box_by_its_colour():
-    for fmt in ("rgb24", "yuv420p"):
+    for fmt in COLOUR_FORMATS:
         for boxes in classify_run(fmt):
             check(len(boxes) == 3, "%s: %d boxes, want 3" % (fmt, len(boxes)))
             for b, (x, y, w, h, _), name in zip(sorted(boxes, key=lambda b: b[0]), COLORED, COLOR_NAMES):
@@ -206,6 +210,36 @@ def malformed_boxes_are_dropped_with_a_warning():
     check("Dropped 4 malformed boxes" in err, "no warning for the malformed boxes:\n" + err[-2000:])
 
 
+@test
+def overflowing_classes_and_scores_are_malformed():
+    # A class of 2^31 once became INT_MIN and indexed the labels with it.
+    labels = write("two_labels.txt", b"a\nb\n")
+    for extra in ("", ":labels=" + labels):
+        frames, err = side_data(drawn("64x48", []), detect("det_hostile", "boxes") + extra)
+        check(len(frames) == 1 and [(tuple(b[:4]), b[4], b[5]) for b in frames[0]] ==
+              [((10, 10, 30, 20), "b" if extra else "1", 0.9)],
+              "want only the good box%s: %s" % (extra, frames))
+        check("Dropped 4 malformed boxes" in err, "no warning:\n" + err[-2000:])
+
+
+@test
+def boxes_in_the_letterbox_padding_are_dropped():
+    frames, _ = side_data(drawn("320x240", []),
+                          detect("det_in_padding", "boxes", "input_size=160x160:letterbox=1"))
+    check(len(frames) == 1 and [tuple(b[:4]) for b in frames[0]] == [(80, 40, 160, 120)],
+          "want only the box in the picture: %s" % frames)
+
+
+@test
+def nms_takes_the_best_30000_candidates():
+    frames, _ = side_data(drawn("200x200", []), detect("nms_many", "yolov8"))
+    check(len(frames) == 1 and [tuple(b[:4]) for b in frames[0]] == [(10, 10, 50, 50)],
+          "want box A alone, box D ranked beyond the candidates: %s" % frames)
+    # Fewer boxes kept, fewer candidates: 100 for each.
+    frames, _ = side_data(drawn("200x200", []), detect("nms_many", "yolov8", "max_boxes=1"))
+    check(len(frames) == 1 and len(frames[0]) == 1, "max_boxes=1: %s" % frames)
+
+
 def detect_error(name, layout, *words, opts="", fmt="rgb24"):
     expect_error(detect(name, layout, opts), *words, fmt=fmt)
 
@@ -218,6 +252,8 @@ DETECT_ERRORS = {
     "boxes_given_to_ssd": ("det_boxes", "ssd", ("ssd needs", "[1, 1, 6]")),
     "rank_1_for_boxes": ("retflat", "boxes", ("boxes needs", "[6]")),
     "ssd_given_to_yolov8": ("det_ssd", "yolov8", ("yolov8 needs", "[1, 1, 1, 7]")),
+    "end_to_end_given_to_yolov8": ("end_to_end", "yolov8", ("fewer anchors (6) than rows (300)",
+                                                            "model_type=boxes")),
     "rank_5": ("ret5d", "boxes", ("at most 4 dimensions",)),
     "tuple_output": ("tuple", "boxes", ("tuple of 2 values", "single tensor")),
     "forward_throws": ("throws", "boxes", ("4 channels",)),

@@ -218,18 +218,19 @@ class DetectBoxes(nn.Module):
 
 
 class DetectYolo(nn.Module):
-    """The bright region as a raw YOLOv8 head [B, 4 + 2, 4]: the box for class
+    """The bright region as a raw YOLOv8 head [B, 4 + 2, 6]: the box for class
     1 (0.9), a copy shifted by one pixel (0.8, suppressed by NMS), the box for
-    class 0 (0.7, kept: NMS is class-wise) and one under the threshold."""
+    class 0 (0.7, kept: NMS is class-wise) and three under the threshold."""
 
     def forward(self, x):
         box, _ = bright_box(x, x.mean(1) > 0.5)
         cxcywh = torch.stack([(box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2,
                               box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], 1)
         shifted = cxcywh + torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=x.dtype)
-        scores = torch.tensor([[0.05, 0.05, 0.7, 0.1], [0.9, 0.8, 0.05, 0.2]],
-                              dtype=x.dtype).expand(x.shape[0], 2, 4)
-        boxes = torch.stack([cxcywh, shifted, cxcywh, cxcywh], 2)
+        scores = torch.tensor([[0.05, 0.05, 0.7, 0.1, 0.0, 0.1],
+                               [0.9, 0.8, 0.05, 0.2, 0.0, 0.3]],
+                              dtype=x.dtype).expand(x.shape[0], 2, 6)
+        boxes = torch.stack([cxcywh, shifted, cxcywh, cxcywh, cxcywh, cxcywh], 2)
         return torch.cat([boxes, scores], 1)
 
 
@@ -288,6 +289,93 @@ class DetectMalformed(nn.Module):
         ]], dtype=x.dtype)
 
 
+class DetectHostile(nn.Module):
+    """[1, 5, 6] boxes whose numbers overflow where they are converted: a
+    class of 2^31, scores of 1e30, -0.5 and 1.5, and one good box (10, 10) ->
+    (30, 20) of class 1."""
+
+    def forward(self, x):
+        return torch.tensor([[
+            [0.0, 0.0, 10.0, 10.0, 0.9, 2147483648.0],
+            [0.0, 0.0, 10.0, 10.0, 1e30, 0.0],
+            [0.0, 0.0, 10.0, 10.0, -0.5, 0.0],
+            [0.0, 0.0, 10.0, 10.0, 1.5, 0.0],
+            [10.0, 10.0, 30.0, 20.0, 0.9, 1.0],
+        ]], dtype=x.dtype)
+
+
+class DetectInPadding(nn.Module):
+    """[1, 2, 6] boxes in 160x160 input pixels: one inside the top 20 rows,
+    which letterboxing a 4:3 frame leaves as padding, and one in the picture,
+    (40, 40) -> (80, 80)."""
+
+    def forward(self, x):
+        return torch.tensor([[
+            [10.0, 0.0, 50.0, 10.0, 0.9, 0.0],
+            [40.0, 40.0, 80.0, 80.0, 0.8, 0.0],
+        ]], dtype=x.dtype)
+
+
+class EndToEnd(nn.Module):
+    """The end-to-end output of YOLOv10 and YOLO26: [1, 300, 6] boxes."""
+
+    def forward(self, x):
+        return torch.zeros(1, 300, 6, dtype=x.dtype)
+
+
+class NmsMany(nn.Module):
+    """A raw YOLOv8 head of one class and 40000 anchors: 30000 copies of box
+    A (30, 30, 40, 40) scored 0.9, then 10000 of box D (120, 120, 40, 40)
+    scored 0.6, which only NMS over more than 30000 candidates reaches."""
+
+    def forward(self, x):
+        a = torch.tensor([30.0, 30.0, 40.0, 40.0, 0.9], dtype=x.dtype)
+        d = torch.tensor([120.0, 120.0, 40.0, 40.0, 0.6], dtype=x.dtype)
+        return torch.cat([a.unsqueeze(1).expand(5, 30000),
+                          d.unsqueeze(1).expand(5, 10000)], 1).unsqueeze(0).contiguous()
+
+
+class Needs64(nn.Module):
+    """Takes only sizes divisible by 64, as networks with several stride-2
+    stages do; the identity otherwise."""
+
+    def forward(self, x):
+        if x.shape[2] % 64 != 0 or x.shape[3] % 64 != 0:
+            raise RuntimeError("height and width must be multiples of 64")
+        return x
+
+
+class Warns(nn.Module):
+    """The identity, with a warning from LibTorch on every call."""
+
+    def forward(self, x):
+        warnings.warn("dnntest: a warning from the model")
+        return x
+
+
+_LIBRARY = []
+
+
+def define_shift_op():
+    """An operator that exists only in the process that scripts the model,
+    as torchvision's are only where torchvision is imported: ffmpeg cannot
+    load a model that calls it."""
+    if not _LIBRARY:
+        lib = torch.library.Library("dnntest", "DEF")
+        lib.define("shift(Tensor x) -> Tensor")
+        lib.impl("shift", lambda x: x + 1, "CPU")
+        _LIBRARY.append(lib)
+
+
+class UnknownOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        define_shift_op()
+
+    def forward(self, x):
+        return torch.ops.dnntest.shift(x)
+
+
 class Returns4Columns(nn.Module):
     def forward(self, x):
         return torch.zeros(1, 3, 4)
@@ -323,6 +411,13 @@ MODELS = {
     "cls_color": ClassifyColor,
     "nms_fixed": NmsFixed,
     "det_malformed": DetectMalformed,
+    "det_hostile": DetectHostile,
+    "det_in_padding": DetectInPadding,
+    "end_to_end": EndToEnd,
+    "nms_many": NmsMany,
+    "unknown_op": UnknownOp,
+    "needs64": Needs64,
+    "warns": Warns,
     "ret4cols": Returns4Columns,
     "retflat": ReturnsFlat,
 }

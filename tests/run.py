@@ -142,6 +142,108 @@ def text_file_named_pt():
 
 
 @test
+def load_failure_reason_that_starts_with_a_newline():
+    # As for an Ultralytics export with nms=True, which calls torchvision::nms.
+    expect_error("dnn_processing=" + torch_filter("unknown_op"),
+                 "Could not load", "Unknown builtin op: dnntest::shift")
+
+
+@test
+def channels_probed_at_the_frame_size():
+    # A probe on 32x32 zeros made this model run "neither on 1 nor on 3 channels".
+    src = raw_frames("128x64", 2)
+    out = process(FFMPEG, "128x64", 2, "rgb24", "dnn_processing=" + torch_filter("needs64"))
+    check(out == src, "the identity at 128x64 changed the frames")
+
+
+@test
+def channel_choice_follows_the_frame_format():
+    for fmt, want in (("yuv420p", "1 channel,"), ("nv12", "1 channel,"), ("gray", "1 channel,"),
+                      ("rgb24", "3 channels,"), ("bgr0", "3 channels,")):
+        args = source("64x48", 1, fmt)
+        args[-1] += ",dnn_processing=" + torch_filter("identity")
+        rc, out, err = run(args + ["-f", "null", "-"], loglevel="verbose")
+        check(rc == 0, "%s: ffmpeg failed:\n%s" % (fmt, err[-2000:]))
+        line = [l for l in err.splitlines() if "Probed model input" in l]
+        check(line and want in line[0] and "for %s frames" % fmt in line[0],
+              "%s: want %s tried first for %s frames, got %s" % (fmt, want, fmt, line))
+
+
+@test
+def check_gpu_without_a_gpu_says_that_nothing_ran():
+    if torch.cuda.is_available():
+        return
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--gpu"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+    last = p.stdout.decode().strip().splitlines()[-1]
+    check(p.returncode == 0 and last == "0 passed, 0 failed, %d skipped: no GPU" % len(GPU_TESTS),
+          "make check-gpu without a GPU ends with %r" % last)
+
+
+@test
+def two_filters_asking_for_different_thread_counts_are_warned():
+    args = source("64x48", 2)
+    args[-1] += ",dnn_processing=%s,dnn_processing=%s" % (
+        torch_filter("identity", "threads=1"), torch_filter("identity", "threads=2"))
+    rc, out, err = run(args + ["-f", "null", "-"], loglevel="warning")
+    check(rc == 0, "ffmpeg failed:\n" + err[-2000:])
+    check("one for the whole process" in err and "replace the 1" in err,
+          "no warning that the second filter's threads apply to both:\n" + err[-2000:])
+    args = source("64x48", 2)
+    args[-1] += ",dnn_processing=%s,dnn_processing=%s" % (
+        torch_filter("identity", "threads=2"), torch_filter("identity", "threads=2"))
+    rc, out, err = run(args + ["-f", "null", "-"], loglevel="warning")
+    check(rc == 0 and "whole process" not in err, "a warning for equal thread counts:\n" + err[-2000:])
+
+
+@test
+def libtorch_warnings_go_through_the_log():
+    args = source("64x48", 2)
+    args[-1] += ",dnn_processing=" + torch_filter("warns")
+    rc, out, err = run(args + ["-f", "null", "-"], loglevel="warning")
+    check(rc == 0, "ffmpeg failed:\n" + err[-2000:])
+    lines = [l for l in err.splitlines() if "dnntest: a warning" in l]
+    check(lines and all("] LibTorch: dnntest: a warning from the model" in l for l in lines),
+          "LibTorch's warning is not in the log:\n" + err[-2000:])
+    rc, out, err = run(args + ["-f", "null", "-"], loglevel="quiet")
+    check(rc == 0 and err.strip() == "", "-v quiet is not quiet:\n" + err[-2000:])
+
+
+def changing_stream():
+    """Nine PNG frames whose format and size change (rgb24 64x48, gray,
+    rgba 80x60): the ffmpeg CLI rebuilds the filter graph at each change
+    without sending EOF, as for HLS and DASH streams."""
+    pattern = os.path.join(TMP, "changing%d.png")
+    for start, size, fmt in ((1, "64x48", "rgb24"), (4, "64x48", "gray"), (7, "80x60", "rgba")):
+        rc, _, err = run(["-y", "-f", "lavfi", "-i", "testsrc2=s=%s:r=25" % size, "-frames:v", "3",
+                          "-pix_fmt", fmt, "-start_number", str(start), pattern])
+        check(rc == 0, "could not write the PNG frames: " + err)
+    return ["-framerate", "25", "-i", pattern]
+
+
+def frame_hashes(args, vf):
+    rc, out, err = run(args + ["-vf", vf, "-f", "framemd5", "-"])
+    check(rc == 0, "ffmpeg failed (%d) on %s:\n%s" % (rc, vf, err[-2000:]))
+    return [(l.split(",")[2].strip(), l.split(",")[-1].strip())
+            for l in out.decode().splitlines() if l and not l.startswith("#")]
+
+
+@test
+def no_frame_lost_when_the_graph_is_rebuilt_mid_stream():
+    args = changing_stream()
+    want = frame_hashes(args, "format=rgb24")
+    check(len(want) == 9, "the source gives %d frames, not 9" % len(want))
+    for cfg in ("", "async=0", "async=0:batch_size=2", "async=1:nireq=1",
+                "nireq=4:batch_size=4", "nireq=2:batch_size=3"):
+        got = frame_hashes(args, "format=rgb24,dnn_processing=" + torch_filter("identity", cfg))
+        check(got == want, "%s: %d frames out of 9, or other frames: %s" % (cfg or "defaults", len(got), got))
+    for cfg in ("nireq=4:batch_size=4", "async=0:batch_size=2"):
+        vf = "dnn_detect=dnn_backend=torch:model_type=boxes:model=%s:%s" % (model("det_boxes"), cfg)
+        got = frame_hashes(args, "format=rgb24," + vf)
+        check(len(got) == 9, "dnn_detect %s: %d frames out of 9" % (cfg, len(got)))
+
+
+@test
 def model_without_model_option():
     expect_error("dnn_processing=dnn_backend=torch", "model file")
 
@@ -383,7 +485,8 @@ def main():
     argv = [a for a in sys.argv[1:] if a != "--gpu"]
     on_gpu = "--gpu" in sys.argv[1:]
     if on_gpu and not torch.cuda.is_available():
-        print("skipped: no GPU")
+        # Nothing ran: the summary says so, so that it is not read as a pass.
+        print("0 passed, 0 failed, %d skipped: no GPU" % len(GPU_TESTS))
         sys.exit(0)
     os.makedirs(MODELS, exist_ok=True)
     models.main(MODELS)

@@ -83,19 +83,22 @@ extern "C" {
 #include "libavutil/pixdesc.h"
 #include "libavutil/thread.h"
 #include "queue.h"
-#include "safe_queue.h"
 #if TH_CUDA_FRAMES
 #include "dnn_cuda.h"
 #endif
 }
 
-/** Size of the zero input used to probe the model's input channel count. */
+/**
+ * Size of the zero input that probes the model's input channel count when
+ * neither input_size nor the filter's input link gives one.
+ */
 #define TH_PROBE_SIZE 32
 #define TH_MAX_BATCH  64
 /** Padding of a letterboxed model input: the grey YOLO models train with. */
 #define TH_LETTERBOX_GREY (114.0 / 255.0)
 
 class THNet;
+typedef struct THRequestItem THRequestItem;
 
 typedef struct THModel {
     DNNModel model;
@@ -104,13 +107,28 @@ typedef struct THModel {
     torch::Device *device;
     /** Input channels of the model: 1 or 3; 0 until known. */
     int nb_channels;
-    int nb_requests;
-    SafeQueue *request_queue;
+    /**
+     * The probe's input size and the output shape it gave (rank 0 if none),
+     * so that get_output need not run the model again on the same input.
+     */
+    int probe_width, probe_height;
+    int probe_rank;
+    int64_t probe_shape[8];
+    /**
+     * The requests: all nb_requests of them, and the idle ones, nb_idle, as
+     * a stack.  Giving one back takes no allocation, so every request comes
+     * back whatever happened to its inference; request_back (with mutex)
+     * wakes whoever waits for one.
+     */
+    THRequestItem **requests;
+    THRequestItem **idle;
+    int nb_requests, nb_idle;
+    AVCond request_back;
     Queue *task_queue;
     Queue *lltask_queue;
     /**
-     * Guards the task progress written by request threads and read by
-     * get_result, and the first error of a failed inference.
+     * Guards the idle requests, the task progress written by request threads
+     * and read by get_result, and the first error of a failed inference.
      */
     AVMutex mutex;
     int error;
@@ -157,24 +175,62 @@ static const AVOption dnn_th_options[] = {
 };
 
 /**
- * The reason in a LibTorch exception, without the C++ backtrace; for an
- * error raised inside TorchScript, the final "Error: reason" line of its
- * script traceback.
+ * The reason in a LibTorch exception, for an error message: its first
+ * non-empty line, without the C++ backtrace; for an error raised inside
+ * TorchScript, the final "Error: reason" line of its script traceback.  The
+ * whole text goes to the log at the verbose level.
  */
-static std::string error_reason(const std::exception &e)
+static std::string error_reason(void *log_ctx, const std::exception &e)
 {
     const c10::Error *ce = dynamic_cast<const c10::Error *>(&e);
     std::string msg = ce ? ce->what_without_backtrace() : e.what();
-    size_t pos = msg.rfind("Error: ");
+    size_t pos = msg.rfind("Error: "), end;
 
+    av_log(log_ctx, AV_LOG_VERBOSE, "LibTorch: %s\n", msg.c_str());
     if (msg.find("TorchScript interpreter") != std::string::npos &&
         pos != std::string::npos) {
         size_t start = msg.rfind('\n', pos);
         msg = msg.substr(start == std::string::npos ? 0 : start + 1);
     }
-    pos = msg.find('\n');
-    return pos == std::string::npos ? msg : msg.substr(0, pos);
+    /* Some reasons start with a newline ("\nUnknown builtin op: ..."). */
+    pos = msg.find_first_not_of(" \t\r\n");
+    if (pos == std::string::npos)
+        return "no reason given";
+    end = msg.find('\n', pos);
+    return msg.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
 }
+
+/**
+ * Routes LibTorch's warnings on the calling thread into the log for the
+ * scope, where they obey the log level; LibTorch prints them to stderr
+ * otherwise.  Its warning handler is per thread: every entry point into the
+ * backend, and every request thread, sets it.
+ */
+class THLogWarnings : public c10::WarningHandler {
+public:
+    explicit THLogWarnings(void *log_ctx)
+        : log_ctx_(log_ctx), previous_(c10::WarningUtils::get_warning_handler())
+    {
+        c10::WarningUtils::set_warning_handler(this);
+    }
+
+    ~THLogWarnings() override
+    {
+        c10::WarningUtils::set_warning_handler(previous_);
+    }
+
+    THLogWarnings(const THLogWarnings &) = delete;
+    THLogWarnings &operator=(const THLogWarnings &) = delete;
+
+    void process(const c10::Warning &warning) override
+    {
+        av_log(log_ctx_, AV_LOG_WARNING, "LibTorch: %s\n", warning.msg().c_str());
+    }
+
+private:
+    void *log_ctx_;
+    c10::WarningHandler *previous_;
+};
 
 /* -------------------------------------------------------------------------
  * Model formats: TorchScript modules (torch::jit::load) and AOTInductor
@@ -264,8 +320,10 @@ static const char *failure_hint_th(const THNet *net)
  *
  * Each plane is wrapped where it lies, with its line size as the row stride,
  * and converted by torch ops: the same code serves any device the plane
- * lives on.  Channels keep the frame's memory order (BGR24 gives B, G, R;
- * the fourth byte of RGBA, BGRA, RGB0 and BGR0 is left out), 8-bit samples
+ * lives on.  For dnn_processing, channels keep the frame's memory order
+ * (BGR24 gives B, G, R), as the other backends give them; detectors and
+ * classifiers get R, G, B.  The fourth byte of RGBA, BGRA, RGB0 and BGR0 is
+ * left out, 8-bit samples
  * map to [0, 1], 10-bit ones (P010) too, GRAYF32 is taken as it is.
  */
 
@@ -458,12 +516,12 @@ static torch::Tensor yuv_to_rgb_th(const AVFrame *frame, const torch::Tensor &y,
 
 /**
  * The region (x, y, w, h) of the frame as a channels x h x w float tensor in
- * [0, 1].  Packed RGB keeps its memory order; YUV gives its Y plane to a
- * 1-channel model and R, G, B to a 3-channel one; gray is repeated for a
- * 3-channel model.
+ * [0, 1].  Packed RGB keeps its memory order, or with rgb is put in R, G, B
+ * order; YUV gives its Y plane to a 1-channel model and R, G, B to a
+ * 3-channel one; gray is repeated for a 3-channel model.
  */
 static torch::Tensor frame_region_th(const AVFrame *frame, int channels,
-                                     int x, int y, int w, int h)
+                                     int x, int y, int w, int h, int rgb)
 {
     enum AVPixelFormat fmt = frame_format_th(frame);
     const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(fmt);
@@ -473,8 +531,11 @@ static torch::Tensor frame_region_th(const AVFrame *frame, int channels,
 
     if (format_channels_th(fmt) == 3) {
         t = plane_region_th(frame, 0, 3, torch::kUInt8, 0, 0, x, y, w, h,
-                            is_rgb32_th(fmt) ? 4 : 3);
-        return t.permute({ 2, 0, 1 }).to(torch::kFloat32).div_(255.0);
+                            is_rgb32_th(fmt) ? 4 : 3).permute({ 2, 0, 1 });
+        /* The descriptor gives each component's byte within the pixel. */
+        if (rgb && desc->comp[0].offset > desc->comp[2].offset)
+            t = t.flip(0);
+        return t.to(torch::kFloat32).div_(255.0);
     }
     if (fmt == AV_PIX_FMT_GRAYF32) {
         t = plane_region_th(frame, 0, 1, torch::kFloat32, 0, 0, x, y, w, h);
@@ -770,7 +831,7 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
         unpack_th(frame, dst.data_ptr<float>(), dst.size(0));
         return;
     }
-    dst.copy_(frame_region_th(frame, dst.size(0), 0, 0, frame->width, frame->height));
+    dst.copy_(frame_region_th(frame, dst.size(0), 0, 0, frame->width, frame->height, 0));
 }
 
 /**
@@ -962,6 +1023,29 @@ static void destroy_request_item_th(THRequestItem **arg)
     av_freep(arg);
 }
 
+/** Take an idle request, waiting for one to come back if none is. */
+static THRequestItem *get_request_th(THModel *th_model)
+{
+    THRequestItem *request;
+
+    ff_mutex_lock(&th_model->mutex);
+    while (!th_model->nb_idle)
+        ff_cond_wait(&th_model->request_back, &th_model->mutex);
+    request = th_model->idle[--th_model->nb_idle];
+    ff_mutex_unlock(&th_model->mutex);
+    return request;
+}
+
+static void put_request_th(THRequestItem *request)
+{
+    THModel *th_model = request->th_model;
+
+    ff_mutex_lock(&th_model->mutex);
+    th_model->idle[th_model->nb_idle++] = request;
+    ff_cond_broadcast(&th_model->request_back);
+    ff_mutex_unlock(&th_model->mutex);
+}
+
 static void set_error_th(THModel *th_model, int err)
 {
     ff_mutex_lock(&th_model->mutex);
@@ -1004,7 +1088,8 @@ static void fill_analytics_slot_th(const THModel *th_model,
         w = bbox->w;
         h = bbox->h;
     }
-    fit_tensor_th(frame_region_th(frame, slot.size(0), x, y, w, h), slot,
+    /* Detectors and classifiers are promised R, G, B whatever the format. */
+    fit_tensor_th(frame_region_th(frame, slot.size(0), x, y, w, h, 1), slot,
                   th_model->ctx->torch_option.letterbox);
 }
 
@@ -1045,7 +1130,7 @@ static void run_request_th(THRequestItem *request)
             request->input->narrow(0, request->nb_lltasks, batch - request->nb_lltasks).zero_();
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "Could not convert the frame to a tensor: %s\n",
-               error_reason(e).c_str());
+               error_reason(ctx, e).c_str());
         request->status = AVERROR_EXTERNAL;
         return;
     }
@@ -1088,7 +1173,7 @@ static void run_request_th(THRequestItem *request)
         *request->output = to_device_th(th_model, out.to(torch::kFloat32), dest).contiguous();
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "The model failed on an input of shape %s: %s%s\n",
-               c10::str(request->input->sizes()).c_str(), error_reason(e).c_str(),
+               c10::str(request->input->sizes()).c_str(), error_reason(ctx, e).c_str(),
                failure_hint_th(th_model->net));
         request->status = AVERROR_EXTERNAL;
     }
@@ -1103,6 +1188,7 @@ static int th_start_inference(void *args)
 {
     THRequestItem *request = (THRequestItem *)args;
     THModel *th_model = request->th_model;
+    THLogWarnings warnings(th_model->ctx);
 
     request->status = 0;
     try {
@@ -1110,7 +1196,7 @@ static int th_start_inference(void *args)
         run_request_th(request);
     } catch (const std::exception &e) {
         av_log(th_model->ctx, AV_LOG_ERROR, "Could not run on the frames' CUDA "
-               "device: %s\n", error_reason(e).c_str());
+               "device: %s\n", error_reason(th_model->ctx, e).c_str());
         request->status = AVERROR_EXTERNAL;
     }
     return 0;
@@ -1191,7 +1277,7 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out)
         }
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "Could not write the model's output: %s\n",
-               error_reason(e).c_str());
+               error_reason(ctx, e).c_str());
         return AVERROR_EXTERNAL;
     }
     return 0;
@@ -1277,7 +1363,7 @@ static int deliver_output_th(THRequestItem *request, int index)
             return classify_output_th(request, index, lltask);
         } catch (const std::exception &e) {
             av_log(th_model->ctx, AV_LOG_ERROR, "Could not read the model's "
-                   "output: %s\n", error_reason(e).c_str());
+                   "output: %s\n", error_reason(th_model->ctx, e).c_str());
             return AVERROR_EXTERNAL;
         }
     default:
@@ -1289,6 +1375,7 @@ static void infer_completion_callback(void *args)
 {
     THRequestItem *request = (THRequestItem *)args;
     THModel *th_model = request->th_model;
+    THLogWarnings warnings(th_model->ctx);
     int ret = request->status;
 
     /* The filter may free and reuse the frames as soon as a task is done:
@@ -1302,7 +1389,7 @@ static void infer_completion_callback(void *args)
         scope.wait();
     } catch (const std::exception &e) {
         av_log(th_model->ctx, AV_LOG_ERROR, "Could not finish the work on the "
-               "frames' CUDA device: %s\n", error_reason(e).c_str());
+               "frames' CUDA device: %s\n", error_reason(th_model->ctx, e).c_str());
         ret = AVERROR_EXTERNAL;
     }
     for (int i = 0; i < request->nb_lltasks; i++) {
@@ -1318,12 +1405,7 @@ static void infer_completion_callback(void *args)
     request->nb_lltasks = 0;
     /* An idle request keeps its input tensor, not the model's last output. */
     request->output->reset();
-
-    if (ff_safe_queue_push_back(th_model->request_queue, request) < 0) {
-        av_log(th_model->ctx, AV_LOG_ERROR, "Could not return a request to the pool.\n");
-        destroy_request_item_th(&request);
-        set_error_th(th_model, AVERROR(ENOMEM));
-    }
+    put_request_th(request);
 }
 
 /**
@@ -1363,9 +1445,7 @@ static void dispatch_th(THModel *th_model, int flush)
     while (ff_queue_size(th_model->lltask_queue) >= (size_t)batch_size ||
            (flush && ff_queue_size(th_model->lltask_queue) > 0)) {
         int nb = FFMIN(ff_queue_size(th_model->lltask_queue), (size_t)batch_size);
-        /* Blocks until a request is back in the pool. */
-        THRequestItem *request = (THRequestItem *)ff_safe_queue_pop_front(th_model->request_queue);
-        start_request_th(th_model, request, nb);
+        start_request_th(th_model, get_request_th(th_model), nb);
     }
 }
 
@@ -1395,43 +1475,58 @@ static int probe_forward_th(THModel *th_model, int channels, int height,
         }
         out = result.toTensor().sizes().vec();
     } catch (const std::exception &e) {
-        reason = error_reason(e);
+        reason = error_reason(th_model->ctx, e);
         return AVERROR_EXTERNAL;
     }
     return 0;
 }
 
+/** The format of the frames on a link: for CUDA frames, that of their pool. */
+static enum AVPixelFormat link_format_th(AVFilterLink *link)
+{
+    enum AVPixelFormat format = (enum AVPixelFormat)link->format;
+    AVBufferRef *frames = format == AV_PIX_FMT_CUDA ?
+                          avfilter_link_get_hw_frames_ctx(link) : NULL;
+
+    if (frames)
+        format = ((const AVHWFramesContext *)frames->data)->sw_format;
+    av_buffer_unref(&frames);
+    return format;
+}
+
 /**
  * TorchScript does not declare the input shape: unless the channels option
  * gives it, try the frame format's own channel count first (3 first for a
- * detector or classifier), then the other.
+ * detector or classifier), then the other, at the size the model will get:
+ * input_size, or the input link's frame size.
  */
 static int probe_channels_th(THModel *th_model)
 {
     DnnContext *ctx = th_model->ctx;
     AVFilterContext *filter_ctx = th_model->model.filter_ctx;
+    AVFilterLink *inlink = filter_ctx && filter_ctx->nb_inputs ?
+                           filter_ctx->inputs[0] : NULL;
     const THOptions *opts = &ctx->torch_option;
     int width = TH_PROBE_SIZE, height = TH_PROBE_SIZE;
+    enum AVPixelFormat format = AV_PIX_FMT_NONE;
     int first = 3;
     std::vector<int64_t> shape;
     std::string reason;
 
     if (th_model->nb_channels)
         return 0;
-    /* A classifier's linear layers may take no other size than its own,
-     * nor may a package compiled for one frame size. */
     if (opts->input_width) {
         width  = opts->input_width;
         height = opts->input_height;
-    } else if (th_model->net->fixed_batch() && filter_ctx && filter_ctx->nb_inputs &&
-               filter_ctx->inputs[0] && filter_ctx->inputs[0]->w > 0) {
-        width  = filter_ctx->inputs[0]->w;
-        height = filter_ctx->inputs[0]->h;
+    } else if (inlink && inlink->w > 0 && inlink->h > 0) {
+        width  = inlink->w;
+        height = inlink->h;
     }
-    /* Detectors and classifiers are taken to want colour where both work. */
-    if (th_model->model.func_type == DFT_PROCESS_FRAME &&
-        filter_ctx && filter_ctx->nb_inputs && filter_ctx->inputs[0] &&
-        format_channels_th((enum AVPixelFormat)filter_ctx->inputs[0]->format) == 1)
+    /* Detectors and classifiers are taken to want colour where both work;
+     * the same frames in memory and on the GPU get the same choice. */
+    if (inlink && inlink->format >= 0)
+        format = link_format_th(inlink);
+    if (th_model->model.func_type == DFT_PROCESS_FRAME && format_channels_th(format) == 1)
         first = 1;
     for (int c = first, i = 0; i < 2; c = 4 - c, i++) {
         std::string why;
@@ -1439,7 +1534,16 @@ static int probe_channels_th(THModel *th_model)
          * output is checked where it is used. */
         if (probe_forward_th(th_model, c, height, width, shape, why) != AVERROR_EXTERNAL) {
             th_model->nb_channels = c;
-            av_log(ctx, AV_LOG_VERBOSE, "Probed model input: %d channels.\n", c);
+            th_model->probe_width  = width;
+            th_model->probe_height = height;
+            th_model->probe_rank   = FFMIN(shape.size(), FF_ARRAY_ELEMS(th_model->probe_shape));
+            std::copy(shape.begin(), shape.begin() + th_model->probe_rank,
+                      th_model->probe_shape);
+            av_log(ctx, AV_LOG_VERBOSE, "Probed model input: %d channel%s, on "
+                   "%dx%d zeros%s%s%s.\n", c, c > 1 ? "s" : "", width, height,
+                   format != AV_PIX_FMT_NONE ? ", tried first for " : "",
+                   format != AV_PIX_FMT_NONE ? av_get_pix_fmt_name(format) : "",
+                   format != AV_PIX_FMT_NONE ? " frames" : "");
             return 0;
         }
         av_log(ctx, AV_LOG_DEBUG, "Probe with %d channels failed: %s\n", c, why.c_str());
@@ -1459,6 +1563,7 @@ static int probe_channels_th(THModel *th_model)
 static int get_input_th(DNNModel *model, DNNData *input, const char *input_name)
 {
     THModel *th_model = (THModel *)model;
+    THLogWarnings warnings(th_model->ctx);
     int ret = probe_channels_th(th_model);
 
     if (ret < 0)
@@ -1484,14 +1589,19 @@ static int get_output_th(DNNModel *model, const char *input_name,
 {
     THModel *th_model = (THModel *)model;
     DnnContext *ctx = th_model->ctx;
+    THLogWarnings warnings(ctx);
     std::vector<int64_t> shape;
     std::string reason;
     int ret = probe_channels_th(th_model);
 
     if (ret < 0)
         return ret;
-    ret = probe_forward_th(th_model, th_model->nb_channels, input_height,
-                           input_width, shape, reason);
+    if (th_model->probe_rank && th_model->probe_width == input_width &&
+        th_model->probe_height == input_height)
+        shape.assign(th_model->probe_shape, th_model->probe_shape + th_model->probe_rank);
+    else
+        ret = probe_forward_th(th_model, th_model->nb_channels, input_height,
+                               input_width, shape, reason);
     if (ret < 0) {
         av_log(ctx, AV_LOG_ERROR, "The model failed on a %dx%dx%dx%d input: %s%s\n",
                th_model->net->fixed_batch() ? ctx->torch_option.batch_size : 1,
@@ -1529,15 +1639,18 @@ static void dnn_free_model_th(DNNModel **model)
     if (!model || !*model)
         return;
     th_model = (THModel *)*model;
+    THLogWarnings warnings(th_model->ctx);
 
-    if (th_model->request_queue) {
-        /* Callbacks return every request, failed or not: this ends. */
-        ff_dnn_wait_requests(th_model->request_queue, th_model->nb_requests);
-        while (ff_safe_queue_size(th_model->request_queue) != 0) {
-            THRequestItem *item = (THRequestItem *)ff_safe_queue_pop_front(th_model->request_queue);
-            destroy_request_item_th(&item);
-        }
-        ff_safe_queue_destroy(th_model->request_queue);
+    if (th_model->requests) {
+        /* Callbacks give back every request, failed or not: this ends. */
+        ff_mutex_lock(&th_model->mutex);
+        while (th_model->nb_idle < th_model->nb_requests)
+            ff_cond_wait(&th_model->request_back, &th_model->mutex);
+        ff_mutex_unlock(&th_model->mutex);
+        for (int i = 0; i < th_model->nb_requests; i++)
+            destroy_request_item_th(&th_model->requests[i]);
+        av_freep(&th_model->requests);
+        av_freep(&th_model->idle);
     }
     if (th_model->lltask_queue) {
         while (ff_queue_size(th_model->lltask_queue) != 0) {
@@ -1559,6 +1672,7 @@ static void dnn_free_model_th(DNNModel **model)
     av_buffer_unref(&th_model->cuda_frames);
     delete th_model->net;
     delete th_model->device;
+    ff_cond_destroy(&th_model->request_back);
     ff_mutex_destroy(&th_model->mutex);
     av_freep(model);
 }
@@ -1654,7 +1768,7 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "Could not load AOTInductor package '%s': %s. "
                "A package runs with the PyTorch version that compiled it (this "
-               "is LibTorch %s).\n", path, error_reason(e).c_str(), TORCH_VERSION);
+               "is LibTorch %s).\n", path, error_reason(ctx, e).c_str(), TORCH_VERSION);
         return AVERROR(EINVAL);
     }
     av_log(ctx, AV_LOG_VERBOSE, "AOTInductor package, model '%s'.\n", name.c_str());
@@ -1678,7 +1792,7 @@ static int load_script_th(THModel *th_model)
         module.eval();
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "Could not load TorchScript model '%s': %s\n",
-               ctx->model_filename, error_reason(e).c_str());
+               ctx->model_filename, error_reason(ctx, e).c_str());
         return AVERROR(EINVAL);
     }
 
@@ -1688,7 +1802,7 @@ static int load_script_th(THModel *th_model)
             module = torch::jit::optimize_for_inference(frozen);
         } catch (const std::exception &e) {
             av_log(ctx, AV_LOG_WARNING, "Could not freeze the model, running it "
-                   "unfrozen: %s\n", error_reason(e).c_str());
+                   "unfrozen: %s\n", error_reason(ctx, e).c_str());
         }
     }
     try {
@@ -1710,7 +1824,7 @@ static int load_net_th(THModel *th_model)
         th_model->device = new torch::Device(device_name);
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "Invalid device '%s': %s\n", device_name,
-               error_reason(e).c_str());
+               error_reason(ctx, e).c_str());
         return AVERROR(EINVAL);
     }
     if (th_model->device->is_cuda() && !torch::cuda::is_available()) {
@@ -1737,10 +1851,34 @@ static int load_net_th(THModel *th_model)
     return load_script_th(th_model);
 }
 
+/**
+ * Set LibTorch's intra-op thread count, which is one setting for the whole
+ * process: the last filter instance to load wins, so say so when two ask for
+ * different counts.
+ */
+static void set_threads_th(DnnContext *ctx, int threads)
+{
+    static std::atomic<int> process_threads{ 0 };
+    int previous = process_threads.exchange(threads);
+
+    if (previous && previous != threads)
+        av_log(ctx, AV_LOG_WARNING, "LibTorch's thread count is one for the "
+               "whole process: %d threads for this filter replace the %d "
+               "another torch filter set, for both. Give every torch filter "
+               "the same threads option.\n", threads, previous);
+    try {
+        at::set_num_threads(threads);
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_WARNING, "Could not set %d threads: %s\n", threads,
+               error_reason(ctx, e).c_str());
+    }
+}
+
 static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
                                    AVFilterContext *filter_ctx)
 {
     THOptions *opts = &ctx->torch_option;
+    THLogWarnings warnings(ctx);
     THModel *th_model;
     DNNModel *model;
     int threads;
@@ -1772,6 +1910,7 @@ static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
     th_model->ctx = ctx;
     th_model->nb_channels = opts->nb_channels;
     ff_mutex_init(&th_model->mutex, NULL);
+    ff_cond_init(&th_model->request_back, NULL);
     model->filter_ctx = filter_ctx;
     model->func_type = func_type;
     model->get_input = &get_input_th;
@@ -1784,24 +1923,20 @@ static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
     /* Requests in flight share the cores: one per core by default. */
     if (ctx->nireq <= 0)
         ctx->nireq = ctx->async ? 2 : 1;
-    th_model->nb_requests = ctx->nireq;
     if (load_net_th(th_model) < 0)
         goto fail;
 
     threads = opts->nb_threads;
     if (!threads)
         threads = FFMAX(1, av_cpu_count() / (ctx->async ? ctx->nireq : 1));
-    try {
-        at::set_num_threads(threads);
-    } catch (const std::exception &e) {
-        av_log(ctx, AV_LOG_WARNING, "Could not set %d threads: %s\n", threads,
-               error_reason(e).c_str());
-    }
+    set_threads_th(ctx, threads);
 
-    th_model->request_queue = ff_safe_queue_create();
+    th_model->requests = (THRequestItem **)av_calloc(ctx->nireq, sizeof(*th_model->requests));
+    th_model->idle = (THRequestItem **)av_calloc(ctx->nireq, sizeof(*th_model->idle));
     th_model->task_queue = ff_queue_create();
     th_model->lltask_queue = ff_queue_create();
-    if (!th_model->request_queue || !th_model->task_queue || !th_model->lltask_queue)
+    if (!th_model->requests || !th_model->idle || !th_model->task_queue ||
+        !th_model->lltask_queue)
         goto fail;
 
     for (int i = 0; i < ctx->nireq; i++) {
@@ -1812,15 +1947,12 @@ static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
         item->exec_module.start_inference = &th_start_inference;
         item->exec_module.callback = &infer_completion_callback;
         item->exec_module.args = item;
+        th_model->requests[th_model->nb_requests++] = item;
+        th_model->idle[th_model->nb_idle++] = item;
         try {
             item->input = new torch::Tensor();
             item->output = new torch::Tensor();
         } catch (const std::exception &e) {
-            destroy_request_item_th(&item);
-            goto fail;
-        }
-        if (ff_safe_queue_push_back(th_model->request_queue, item) < 0) {
-            destroy_request_item_th(&item);
             goto fail;
         }
     }
@@ -1877,6 +2009,7 @@ static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_p
 {
     THModel *th_model = (THModel *)model;
     DnnContext *ctx = th_model->ctx;
+    THLogWarnings warnings(ctx);
     LastLevelTaskItem *last;
     TaskItem *task;
     AVFrame *frame;
@@ -1975,6 +2108,8 @@ static DNNAsyncStatusType dnn_get_result_th(const DNNModel *model, AVFrame **in,
 
 static int dnn_flush_th(const DNNModel *model)
 {
+    THLogWarnings warnings(((const THModel *)model)->ctx);
+
     dispatch_th((THModel *)model, 1);
     return 0;
 }
