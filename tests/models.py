@@ -175,6 +175,19 @@ class ReturnsDict(nn.Module):
         return {"out": x}
 
 
+class ReturnsTwo(nn.Module):
+    """A tuple of the inverted frame and the frame, as exported models that
+    return auxiliary outputs do."""
+
+    def forward(self, x):
+        return 1.0 - x, x
+
+
+class ReturnsTwoByName(nn.Module):
+    def forward(self, x):
+        return {"inverted": 1.0 - x, "out": x}
+
+
 class Returns5D(nn.Module):
     def forward(self, x):
         return x.unsqueeze(0)
@@ -353,6 +366,18 @@ class Warns(nn.Module):
         return x
 
 
+class SumWeights(nn.Module):
+    """The frame times the mean of a 3 x 5 x 7 weight of ones: the identity,
+    reading every element of the weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3, 5, 7))
+
+    def forward(self, x):
+        return x * (self.w.sum() / 105.0)
+
+
 _LIBRARY = []
 
 
@@ -403,6 +428,8 @@ MODELS = {
     "ret2ch": Returns2Channels,
     "nan": ReturnsNaN,
     "dict": ReturnsDict,
+    "two": ReturnsTwo,
+    "two_by_name": ReturnsTwoByName,
     "ret5d": Returns5D,
     "det_ssd": DetectSSD,
     "det_boxes": DetectBoxes,
@@ -418,6 +445,7 @@ MODELS = {
     "unknown_op": UnknownOp,
     "needs64": Needs64,
     "warns": Warns,
+    "sum_weights": SumWeights,
     "ret4cols": Returns4Columns,
     "retflat": ReturnsFlat,
 }

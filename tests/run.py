@@ -243,6 +243,62 @@ def no_frame_lost_when_the_graph_is_rebuilt_mid_stream():
         check(len(got) == 9, "dnn_detect %s: %d frames out of 9" % (cfg, len(got)))
 
 
+def expect_model_error(path, *words):
+    expect_error("dnn_processing=dnn_backend=torch:model=" + path, *words)
+
+
+@test
+def weights_saved_with_torch_save_are_named_as_such():
+    net = models.MODELS["conv3"]().eval()
+    for name, obj in (("state_dict.pth", net.state_dict()), ("checkpoint.pt", {"model": net})):
+        path = os.path.join(TMP, name)
+        torch.save(obj, path)
+        expect_model_error(path, "torch.save", "weights, not a program")
+
+
+@test
+def exported_program_is_named_as_such():
+    path = os.path.join(TMP, "exported.pt2")
+    net = models.MODELS["conv1x1"]().eval()
+    torch.export.save(torch.export.export(net, (torch.rand(1, 3, 8, 8),)), path)
+    expect_model_error(path, "torch.export.save", "aoti_compile_and_package")
+
+
+@test
+def onnx_file_is_named_as_such():
+    # The start of an ONNX protobuf: ir_version 8, then the producer name.
+    path = write("model.onnx", b"\x08\x08\x12\x07pytorch")
+    expect_model_error(path, "ONNX model", "dnn_backend=onnx")
+
+
+@test
+def directory_fifo_and_device_are_refused_without_opening():
+    fifo = os.path.join(TMP, "model.fifo")
+    if not os.path.exists(fifo):
+        os.mkfifo(fifo)
+    expect_model_error(TMP, "a directory")
+    # Opening a FIFO for reading blocks until a writer comes: run() fails on a hang.
+    expect_model_error(fifo, "a FIFO")
+    expect_model_error("/dev/zero", "a FIFO, socket or device")
+
+
+@test
+def tensor_larger_than_its_storage_is_refused():
+    # A TorchScript archive whose tensor claims 3 x 5 x 112 elements over the
+    # 3 x 5 x 7 it stores: the first forward would read past the storage.
+    import zipfile
+    src = zipfile.ZipFile(model("sum_weights"))
+    path = os.path.join(TMP, "oversized.pt")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("/data.pkl"):
+                check(data.count(b"(K\x03K\x05K\x07t") == 1, "no size tuple to change")
+                data = data.replace(b"(K\x03K\x05K\x07t", b"(K\x03K\x05Kpt")
+            dst.writestr(name, data)
+    expect_model_error(path, "malformed", "'w'", "[3, 5, 112]", "420 bytes")
+
+
 @test
 def model_without_model_option():
     expect_error("dnn_processing=dnn_backend=torch", "model file")
@@ -269,6 +325,33 @@ def wrong_output_rank():
 def output_not_a_tensor():
     expect_error("dnn_processing=" + torch_filter("tuple"), "Tuple")
     expect_error("dnn_processing=" + torch_filter("dict"), "Dict")
+
+
+@test
+def output_option_picks_from_a_tuple_or_dict():
+    src = np.frombuffer(raw_frames("64x48", 2), np.uint8)
+    for name, key, want in (("two", "1", src), ("two", "0", 255 - src),
+                            ("two_by_name", "out", src), ("two_by_name", "inverted", 255 - src)):
+        got = np.frombuffer(process(FFMPEG, "64x48", 2, "rgb24", "dnn_processing=" +
+                                    torch_filter(name, "output=" + key)), np.uint8)
+        check(got.shape == want.shape and max_diff(got, want) == 0,
+              "%s output=%s: not the element it names" % (name, key))
+
+
+@test
+def output_option_that_cannot_be_honoured():
+    expect_error("dnn_processing=" + torch_filter("two", "output=2"), "tuple of 2 values", "0 to 1")
+    expect_error("dnn_processing=" + torch_filter("two_by_name", "output=nope"),
+                 "no such key", "inverted, out")
+    expect_error("dnn_processing=" + torch_filter("identity", "output=0"),
+                 "picks from a tuple, list or dict")
+    expect_error("dnn_processing=" + torch_filter("two", "output=0&1"), "one output")
+    expect_error("dnn_processing=" + torch_filter("identity", "device_id=1"), "device=cuda:1")
+
+
+@test
+def xpu_device_without_an_xpu():
+    expect_error("dnn_processing=" + torch_filter("identity", "device=xpu"), "no XPU device")
 
 
 @test

@@ -29,6 +29,8 @@
  * reaches the filter as an error, never as an exception or an abort.
  */
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -302,6 +304,55 @@ static std::string describe_result_th(const torch::jit::IValue &v)
     if (v.isGenericDict())
         return "dict";
     return v.tagKind();
+}
+
+/**
+ * Pick the output that the output option names from what the model
+ * returned: an element of a tuple or list by index, an entry of a dict by
+ * key.  Without the option the result stays as it is.
+ * @return 0, or AVERROR(EINVAL) with the reason in reason
+ */
+static int select_output_th(const THModel *th_model, torch::jit::IValue &result,
+                            std::string &reason)
+{
+    const DnnContext *ctx = th_model->ctx;
+    const char *key = ctx->model_outputnames ? ctx->model_outputnames[0] : NULL;
+
+    if (!key)
+        return 0;
+    if (result.isTuple() || result.isList()) {
+        std::vector<torch::jit::IValue> values = result.isTuple() ?
+            result.toTupleRef().elements().vec() : result.toListRef().vec();
+        char *end;
+        long index = strtol(key, &end, 10);
+
+        if (*key < '0' || *key > '9' || *end || index >= (long)values.size()) {
+            reason = std::string("output=") + key + ": the model returned a " +
+                     describe_result_th(result) + "; pick one by its index, 0 to " +
+                     std::to_string((long)values.size() - 1);
+            return AVERROR(EINVAL);
+        }
+        result = values[index];
+        return 0;
+    }
+    if (result.isGenericDict()) {
+        std::string keys;
+        for (const auto &entry : result.toGenericDict()) {
+            if (entry.key().isString() && entry.key().toStringRef() == key) {
+                result = entry.value();
+                return 0;
+            }
+            keys += (keys.empty() ? "" : ", ") +
+                    (entry.key().isString() ? entry.key().toStringRef() : entry.key().tagKind());
+        }
+        reason = std::string("output=") + key + ": the dict the model returned "
+                 "has no such key; it has: " + keys;
+        return AVERROR(EINVAL);
+    }
+    reason = std::string("output=") + key + " picks from a tuple, list or dict, "
+             "and the model returned a " + describe_result_th(result) +
+             "; leave output out";
+    return AVERROR(EINVAL);
 }
 
 /** What to add to the reason a model failed: for a package, the usual cause. */
@@ -1139,10 +1190,17 @@ static void run_request_th(THRequestItem *request)
         c10::InferenceMode guard;
         torch::jit::IValue result = th_model->net->forward(
             to_device_th(th_model, *request->input, *th_model->device));
+        std::string why;
 
+        if (select_output_th(th_model, result, why) < 0) {
+            av_log(ctx, AV_LOG_ERROR, "%s.\n", why.c_str());
+            request->status = AVERROR(EINVAL);
+            return;
+        }
         if (!result.isTensor()) {
             av_log(ctx, AV_LOG_ERROR, "The model returned a %s; %s. Return one "
-                   "tensor from forward().\n", describe_result_th(result).c_str(),
+                   "tensor from forward(), or pick one with output=INDEX (tuple, "
+                   "list) or output=KEY (dict).\n", describe_result_th(result).c_str(),
                    analytics ? "a detector or classifier returns a single tensor"
                              : "dnn_processing needs a single N x C x H x W tensor");
             request->status = AVERROR(EINVAL);
@@ -1468,9 +1526,11 @@ static int probe_forward_th(THModel *th_model, int channels, int height,
         torch::jit::IValue result = th_model->net->forward(
             torch::zeros({ batch, channels, height, width },
                          torch::TensorOptions().device(*th_model->device)));
+        if (select_output_th(th_model, result, reason) < 0)
+            return AVERROR(EINVAL);
         if (!result.isTensor()) {
             reason = "the model returned a " + describe_result_th(result) +
-                     ", not a tensor";
+                     ", not a tensor (output=INDEX or output=KEY picks one)";
             return AVERROR(EINVAL);
         }
         out = result.toTensor().sizes().vec();
@@ -1678,32 +1738,115 @@ static void dnn_free_model_th(DNNModel **model)
 }
 
 /**
- * The models of an AOTInductor package, by name, read from the archive's
- * records (data/aotinductor/NAME/...); empty for anything else, TorchScript
+ * The records of a model file read as a PyTorch archive (TorchScript,
+ * AOTInductor package, torch.save or torch.export.save), without the
+ * archive's folder name; empty for a file that is no such archive.
+ */
+static std::vector<std::string> archive_records_th(const char *path)
+{
+    try {
+        caffe2::serialize::PyTorchStreamReader reader(path);
+        return reader.getAllRecords();
+    } catch (const std::exception &e) {
+        /* Not an archive LibTorch reads: torch::jit::load() will say why. */
+        return {};
+    }
+}
+
+static bool has_record_th(const std::vector<std::string> &records, const std::string &prefix)
+{
+    for (const std::string &record : records)
+        if (!record.compare(0, prefix.size(), prefix))
+            return true;
+    return false;
+}
+
+/**
+ * The models of an AOTInductor package, by name, from the archive's records
+ * (data/aotinductor/NAME/...); empty for anything else, TorchScript
  * included.
  */
-static std::vector<std::string> package_models_th(const char *path)
+static std::vector<std::string> package_models_th(const std::vector<std::string> &records)
 {
     const std::string prefix = "data/aotinductor/";
     std::vector<std::string> names;
 
-    try {
-        caffe2::serialize::PyTorchStreamReader reader(path);
-        for (const std::string &record : reader.getAllRecords()) {
-            size_t end;
-            if (record.compare(0, prefix.size(), prefix))
-                continue;
-            end = record.find('/', prefix.size());
-            if (end == std::string::npos)
-                continue;
-            std::string name = record.substr(prefix.size(), end - prefix.size());
-            if (std::find(names.begin(), names.end(), name) == names.end())
-                names.push_back(name);
-        }
-    } catch (const std::exception &e) {
-        /* Not an archive LibTorch reads: torch::jit::load() will say why. */
+    for (const std::string &record : records) {
+        size_t end;
+        if (record.compare(0, prefix.size(), prefix))
+            continue;
+        end = record.find('/', prefix.size());
+        if (end == std::string::npos)
+            continue;
+        std::string name = record.substr(prefix.size(), end - prefix.size());
+        if (std::find(names.begin(), names.end(), name) == names.end())
+            names.push_back(name);
     }
     return names;
+}
+
+/**
+ * Refuse model files that are no program LibTorch runs, with what they are
+ * and how to make one: LibTorch's own reasons ("checkpoint file is
+ * corrupted", "failed finding central directory") do not say.  Only a
+ * regular file is opened, so that a FIFO or a device cannot block.
+ */
+static int check_model_file_th(DnnContext *ctx)
+{
+    const char *path = ctx->model_filename;
+    struct stat st;
+
+    if (stat(path, &st) < 0) {
+        int err = AVERROR(errno);
+        char reason[AV_ERROR_MAX_STRING_SIZE];
+
+        av_strerror(err, reason, sizeof(reason));
+        av_log(ctx, AV_LOG_ERROR, "Could not open the model '%s': %s.\n", path,
+               reason);
+        return err;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        av_log(ctx, AV_LOG_ERROR, "The model '%s' is %s, not a file: give the "
+               "path of a TorchScript model or an AOTInductor package.\n", path,
+               S_ISDIR(st.st_mode) ? "a directory" : "a FIFO, socket or device");
+        return AVERROR(EINVAL);
+    }
+    return 0;
+}
+
+/** Refuse archives that hold no program, saying what they hold. */
+static int check_archive_th(DnnContext *ctx, const std::vector<std::string> &records)
+{
+    const char *path = ctx->model_filename;
+    const char *ext = strrchr(path, '.');
+
+    if (records.empty()) {
+        if (ext && !av_strcasecmp(ext, ".onnx")) {
+            av_log(ctx, AV_LOG_ERROR, "'%s' is an ONNX model: run it with "
+                   "dnn_backend=onnx, or save the PyTorch model as TorchScript "
+                   "or an AOTInductor package for dnn_backend=torch.\n", path);
+            return AVERROR(EINVAL);
+        }
+        return 0;
+    }
+    if (has_record_th(records, "data/aotinductor/") || has_record_th(records, "code/"))
+        return 0;
+    if (has_record_th(records, "models/") || has_record_th(records, "serialized_exported_program")) {
+        av_log(ctx, AV_LOG_ERROR, "'%s' is an ExportedProgram saved with "
+               "torch.export.save, which LibTorch cannot run: compile it into an "
+               "AOTInductor package with torch._inductor.aoti_compile_and_package().\n",
+               path);
+        return AVERROR(EINVAL);
+    }
+    if (has_record_th(records, "data.pkl")) {
+        av_log(ctx, AV_LOG_ERROR, "'%s' was saved with torch.save (a state_dict, "
+               "or a training checkpoint such as Ultralytics' .pt): it holds "
+               "weights, not a program. Export the model: "
+               "torch.jit.script(model).save(), an AOTInductor package, or for "
+               "Ultralytics 'yolo export format=torchscript'.\n", path);
+        return AVERROR(EINVAL);
+    }
+    return 0;
 }
 
 static std::string join_th(const std::vector<std::string> &names)
@@ -1753,7 +1896,7 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
         std::unordered_map<std::string, std::string> meta =
             torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, name);
         std::string built = meta.count("AOTI_DEVICE_KEY") ? meta["AOTI_DEVICE_KEY"] : "cpu";
-        std::string runs = th_model->device->is_cuda() ? "cuda" : "cpu";
+        std::string runs = c10::DeviceTypeName(th_model->device->type(), true);
         if (built != runs) {
             av_log(ctx, AV_LOG_ERROR, "The package '%s' was compiled for %s and "
                    "the filter runs on %s: set device=%s, or compile the package "
@@ -1782,6 +1925,38 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
 #endif
 }
 
+/**
+ * Check that every tensor of the module (parameters, buffers, attributes)
+ * lies within its storage: an archive can claim more elements than it
+ * stores, and LibTorch would read past the storage in the first forward.
+ */
+static int check_tensors_th(DnnContext *ctx, const torch::jit::Module &module)
+{
+    for (const auto &attr : module.named_attributes(true)) {
+        if (!attr.value.isTensor())
+            continue;
+        const torch::Tensor &t = attr.value.toTensor();
+        if (!t.defined() || !t.has_storage() || !t.numel())
+            continue;
+        uint64_t last = t.storage_offset(), size = t.element_size();
+        int bad = t.storage_offset() < 0;
+        for (int64_t d = 0; d < t.dim() && !bad; d++) {
+            uint64_t extent = t.size(d) - 1;
+            bad = t.stride(d) < 0 || (t.stride(d) && extent > (INT64_MAX - last) / t.stride(d));
+            if (!bad)
+                last += extent * t.stride(d);
+        }
+        if (bad || last >= INT64_MAX / size || (last + 1) * size > t.storage().nbytes()) {
+            av_log(ctx, AV_LOG_ERROR, "The model '%s' is malformed: its tensor "
+                   "'%s' of shape %s does not fit in the %zu bytes stored for "
+                   "it.\n", ctx->model_filename, attr.name.c_str(),
+                   c10::str(t.sizes()).c_str(), (size_t)t.storage().nbytes());
+            return AVERROR_INVALIDDATA;
+        }
+    }
+    return 0;
+}
+
 static int load_script_th(THModel *th_model)
 {
     DnnContext *ctx = th_model->ctx;
@@ -1794,6 +1969,15 @@ static int load_script_th(THModel *th_model)
         av_log(ctx, AV_LOG_ERROR, "Could not load TorchScript model '%s': %s\n",
                ctx->model_filename, error_reason(ctx, e).c_str());
         return AVERROR(EINVAL);
+    }
+    try {
+        int ret = check_tensors_th(ctx, module);
+        if (ret < 0)
+            return ret;
+    } catch (const std::exception &e) {
+        av_log(ctx, AV_LOG_ERROR, "Could not check the tensors of '%s': %s\n",
+               ctx->model_filename, error_reason(ctx, e).c_str());
+        return AVERROR_INVALIDDATA;
     }
 
     if (ctx->torch_option.optimize == 2) {
@@ -1819,6 +2003,7 @@ static int load_net_th(THModel *th_model)
     DnnContext *ctx = th_model->ctx;
     const char *device_name = ctx->device ? ctx->device : "cpu";
     std::vector<std::string> packaged;
+    int ret;
 
     try {
         th_model->device = new torch::Device(device_name);
@@ -1832,14 +2017,48 @@ static int load_net_th(THModel *th_model)
                "(no GPU, or a CPU-only LibTorch). Use device=cpu.\n", device_name);
         return AVERROR(ENODEV);
     }
-    if (!th_model->device->is_cpu() && !th_model->device->is_cuda()) {
-        av_log(ctx, AV_LOG_ERROR, "device=%s is not supported; use cpu or cuda.\n",
-               device_name);
+    if (th_model->device->is_xpu()) {
+        if (!at::hasXPU()) {
+            av_log(ctx, AV_LOG_ERROR, "device=%s: LibTorch sees no XPU device "
+                   "(no Intel GPU, or a LibTorch without XPU). Use device=cpu.\n",
+                   device_name);
+            return AVERROR(ENODEV);
+        }
+        try {
+#if TH_LIBTORCH_AT_LEAST(2, 6)
+            at::detail::getXPUHooks().init();
+#else
+            at::detail::getXPUHooks().initXPU();
+#endif
+        } catch (const std::exception &e) {
+            av_log(ctx, AV_LOG_ERROR, "device=%s: could not start the XPU: %s\n",
+                   device_name, error_reason(ctx, e).c_str());
+            return AVERROR(ENODEV);
+        }
+    }
+    if (!th_model->device->is_cpu() && !th_model->device->is_cuda() &&
+        !th_model->device->is_xpu()) {
+        av_log(ctx, AV_LOG_ERROR, "device=%s is not supported; use cpu, cuda or "
+               "xpu.\n", device_name);
         return AVERROR(ENOSYS);
     }
+    /* One option names the device here, as in PyTorch. */
+    if (ctx->device_id) {
+        av_log(ctx, AV_LOG_ERROR, "device_id is not used by the torch backend; "
+               "name the device with its index instead: device=cuda:%d.\n",
+               ctx->device_id);
+        return AVERROR(EINVAL);
+    }
 
+    ret = check_model_file_th(ctx);
+    if (ret < 0)
+        return ret;
     try {
-        packaged = package_models_th(ctx->model_filename);
+        std::vector<std::string> records = archive_records_th(ctx->model_filename);
+        ret = check_archive_th(ctx, records);
+        if (ret < 0)
+            return ret;
+        packaged = package_models_th(records);
     } catch (const std::exception &e) {
         return AVERROR(ENOMEM);
     }
