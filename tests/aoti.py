@@ -124,6 +124,33 @@ def broken_packages():
     expect_error(torch_vf(package("tuple_static")), "list of 2 values")
 
 
+@package_test
+def package_entry_outside_its_folder_is_refused():
+    escape = "/tmp/dnntest-escape-%d" % os.getpid()
+    src = package("conv1x1_static")
+    path = os.path.join(TMP, "escape.pt2")
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        top = zin.namelist()[0].split("/")[0]
+        for item in zin.infolist():
+            zout.writestr(item.filename, zin.read(item.filename))
+        zout.writestr(top + "/data/aotinductor/model/" + "../" * 16 + escape.lstrip("/"), b"x")
+    expect_error(torch_vf(path), "outside its own folder")
+    check(not os.path.exists(escape), "the package wrote " + escape)
+
+
+@package_test
+def package_without_a_compiled_library_is_refused():
+    # LibTorch's loader compiles a package's C++ with the flags the package
+    # gives: loading a model file must never run a compiler.
+    src = package("conv1x1_static")
+    path = os.path.join(TMP, "source_only.pt2")
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            if not item.filename.endswith(".so"):
+                zout.writestr(item.filename, zin.read(item.filename))
+    expect_error(torch_vf(path), "no compiled library", "does not compile")
+
+
 def package_refused_by_an_older_libtorch():
     # An archive with a package's layout, written by PyTorch's own writer:
     # older PyTorch cannot compile one.

@@ -366,6 +366,14 @@ class Warns(nn.Module):
         return x
 
 
+class Squash(nn.Module):
+    """Maps normalised input, about [-2.2, 2.7] for ImageNet's mean and std,
+    into [0, 1]."""
+
+    def forward(self, x):
+        return x * 0.1 + 0.5
+
+
 class SumWeights(nn.Module):
     """The frame times the mean of a 3 x 5 x 7 weight of ones: the identity,
     reading every element of the weight."""
@@ -446,6 +454,7 @@ MODELS = {
     "needs64": Needs64,
     "warns": Warns,
     "sum_weights": SumWeights,
+    "squash": Squash,
     "ret4cols": Returns4Columns,
     "retflat": ReturnsFlat,
 }

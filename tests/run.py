@@ -354,6 +354,38 @@ def xpu_device_without_an_xpu():
     expect_error("dnn_processing=" + torch_filter("identity", "device=xpu"), "no XPU device")
 
 
+IMAGENET = "mean=0.485&0.456&0.406:std=0.229&0.224&0.225"
+
+
+@test
+def mean_and_std_normalise_the_input_as_torchvision_does():
+    frames = as_frames(raw_frames("64x48", 3), 64, 48, 3)
+    x = torch.from_numpy(frames.copy()).permute(0, 3, 1, 2).float() / 255
+    # What torchvision.transforms.Normalize computes.
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    y = models.MODELS["squash"]()((x - mean) / std)
+    want = (y * 255).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for cfg in (IMAGENET, IMAGENET + ":async=0:batch_size=2"):
+        got = as_frames(process(FFMPEG, "64x48", 3, "rgb24", "dnn_processing=" +
+                                torch_filter("squash", cfg)), 64, 48, 3)
+        check(max_diff(got, want) <= 1, "%s: differs from PyTorch by %d" % (cfg, max_diff(got, want)))
+    # One value serves every channel.
+    y = models.MODELS["squash"]()((x - 0.5) / 0.25)
+    want = (y * 255).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    got = as_frames(process(FFMPEG, "64x48", 3, "rgb24", "dnn_processing=" +
+                            torch_filter("squash", "mean=0.5:std=0.25")), 64, 48, 3)
+    check(max_diff(got, want) <= 1, "one mean and std: differs by %d" % max_diff(got, want))
+
+
+@test
+def mean_and_std_of_the_wrong_length():
+    expect_error("dnn_processing=" + torch_filter("squash", "mean=0.5&0.5"),
+                 "mean has 2 values", "3 channels")
+    expect_error("dnn_processing=" + torch_filter("gray", "std=0.5&0.5&0.5"),
+                 "std 3", "takes 1 channel:", fmt="gray")
+
+
 @test
 def two_channel_output_for_rgb():
     expect_error("dnn_processing=" + torch_filter("ret2ch"), "2 channels")

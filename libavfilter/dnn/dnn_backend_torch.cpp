@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <cstdlib>
 #include <optional>
@@ -162,6 +163,7 @@ typedef struct THRequestItem {
 
 #define OFFSET(x) offsetof(THOptions, x)
 #define FLAGS AV_OPT_FLAG_FILTERING_PARAM
+static const AVOptionArrayDef normalization_def_th = { .sep = '&' };
 static const AVOption dnn_th_options[] = {
     { "optimize",   "model optimisation at load time",                OFFSET(optimize),    AV_OPT_TYPE_INT, { .i64 = 0 }, 0, 2,            FLAGS, .unit = "optimize" },
         { "none",   "run the model as it is",                         0,                   AV_OPT_TYPE_CONST, { .i64 = 0 }, 0, 0,          FLAGS, .unit = "optimize" },
@@ -173,6 +175,8 @@ static const AVOption dnn_th_options[] = {
     { "input_size", "model input size (WxH) of a detector or classifier; by default a detector takes the frame's size", OFFSET(input_width), AV_OPT_TYPE_IMAGE_SIZE, { .str = NULL }, 0, 0, FLAGS },
     { "letterbox",  "keep the aspect ratio when resizing to input_size, padding with grey", OFFSET(letterbox), AV_OPT_TYPE_BOOL, { .i64 = 0 }, 0, 1, FLAGS },
     { "model_name", "model to run from an AOTInductor package that holds several", OFFSET(model_name), AV_OPT_TYPE_STRING, { .str = NULL }, 0, 0, FLAGS },
+    { "mean",       "per-channel mean subtracted from the model input, split by '&' (0.485&0.456&0.406 for ImageNet)", OFFSET(mean), (enum AVOptionType)(AV_OPT_TYPE_FLOAT | AV_OPT_TYPE_FLAG_ARRAY), { .arr = &normalization_def_th }, -FLT_MAX, FLT_MAX, FLAGS },
+    { "std",        "per-channel standard deviation the model input is divided by, after mean, split by '&' (0.229&0.224&0.225 for ImageNet)", OFFSET(std), (enum AVOptionType)(AV_OPT_TYPE_FLOAT | AV_OPT_TYPE_FLAG_ARRAY), { .arr = &normalization_def_th }, FLT_MIN, FLT_MAX, FLAGS },
     { NULL }
 };
 
@@ -1122,6 +1126,23 @@ static void input_size_th(const THModel *th_model, const AVFrame *frame,
     }
 }
 
+/**
+ * Normalise the model input in place, channel by channel, where it lies:
+ * (x - mean) / std, one value of each for every channel or one for all.
+ */
+static void normalize_th(const THModel *th_model, torch::Tensor input)
+{
+    const THOptions *opts = &th_model->ctx->torch_option;
+
+    for (int64_t c = 0; c < input.size(1); c++) {
+        torch::Tensor channel = input.select(1, c);
+        if (opts->nb_mean)
+            channel.sub_(opts->mean[opts->nb_mean > 1 ? c : 0]);
+        if (opts->nb_std)
+            channel.div_(opts->std[opts->nb_std > 1 ? c : 0]);
+    }
+}
+
 /** Fill one batch slot of a detector or classifier from its frame or box. */
 static void fill_analytics_slot_th(const THModel *th_model,
                                    const LastLevelTaskItem *lltask,
@@ -1177,6 +1198,7 @@ static void run_request_th(THRequestItem *request)
             else
                 frame_to_tensor_th(request->lltasks[i]->task->in_frame, slot);
         }
+        normalize_th(th_model, request->input->narrow(0, 0, request->nb_lltasks));
         if (batch > request->nb_lltasks)
             request->input->narrow(0, request->nb_lltasks, batch - request->nb_lltasks).zero_();
     } catch (const std::exception &e) {
@@ -1554,6 +1576,22 @@ static enum AVPixelFormat link_format_th(AVFilterLink *link)
     return format;
 }
 
+/** mean and std give one value, or one per input channel. */
+static int check_normalization_th(const THModel *th_model)
+{
+    const THOptions *opts = &th_model->ctx->torch_option;
+
+    if ((opts->nb_mean > 1 && opts->nb_mean != (unsigned)th_model->nb_channels) ||
+        (opts->nb_std  > 1 && opts->nb_std  != (unsigned)th_model->nb_channels)) {
+        av_log(th_model->ctx, AV_LOG_ERROR, "mean has %u values and std %u; the "
+               "model takes %d channel%s: give one value, or one per channel.\n",
+               opts->nb_mean, opts->nb_std, th_model->nb_channels,
+               th_model->nb_channels > 1 ? "s" : "");
+        return AVERROR(EINVAL);
+    }
+    return 0;
+}
+
 /**
  * TorchScript does not declare the input shape: unless the channels option
  * gives it, try the frame format's own channel count first (3 first for a
@@ -1574,7 +1612,7 @@ static int probe_channels_th(THModel *th_model)
     std::string reason;
 
     if (th_model->nb_channels)
-        return 0;
+        return check_normalization_th(th_model);
     if (opts->input_width) {
         width  = opts->input_width;
         height = opts->input_height;
@@ -1604,7 +1642,7 @@ static int probe_channels_th(THModel *th_model)
                    format != AV_PIX_FMT_NONE ? ", tried first for " : "",
                    format != AV_PIX_FMT_NONE ? av_get_pix_fmt_name(format) : "",
                    format != AV_PIX_FMT_NONE ? " frames" : "");
-            return 0;
+            return check_normalization_th(th_model);
         }
         av_log(ctx, AV_LOG_DEBUG, "Probe with %d channels failed: %s\n", c, why.c_str());
         if (c == first)
@@ -1814,6 +1852,63 @@ static int check_model_file_th(DnnContext *ctx)
     return 0;
 }
 
+/** Whether an archive entry would be written outside the folder it goes to. */
+static bool unsafe_record_th(const std::string &record)
+{
+    size_t start = 0;
+
+    if (record.empty() || record[0] == '/')
+        return true;
+    while (start <= record.size()) {
+        size_t end = record.find('/', start);
+        if (end == std::string::npos)
+            end = record.size();
+        if (record.compare(start, end - start, "..") == 0)
+            return true;
+        start = end + 1;
+    }
+    return false;
+}
+
+/**
+ * LibTorch's package loader trusts the archive: it writes each entry under a
+ * temporary folder by its name, and compiles a model that comes as source.
+ * Refuse entries that would land outside that folder, and models without
+ * their compiled library, so that loading never runs a compiler.
+ */
+static int check_package_th(DnnContext *ctx, const std::vector<std::string> &records)
+{
+    const char *path = ctx->model_filename;
+
+    for (const std::string &record : records) {
+        if (unsafe_record_th(record)) {
+            av_log(ctx, AV_LOG_ERROR, "The package '%s' has an entry named '%s', "
+                   "outside its own folder; refusing to load it.\n", path,
+                   record.c_str());
+            return AVERROR_INVALIDDATA;
+        }
+    }
+    for (const std::string &name : package_models_th(records)) {
+        std::string prefix = "data/aotinductor/" + name + "/";
+        bool compiled = false;
+
+        for (const std::string &record : records) {
+            size_t dot = record.rfind('.');
+            std::string ext = dot == std::string::npos ? "" : record.substr(dot);
+            compiled |= !record.compare(0, prefix.size(), prefix) &&
+                        (ext == ".so" || ext == ".dylib" || ext == ".dll" || ext == ".pyd");
+        }
+        if (!compiled) {
+            av_log(ctx, AV_LOG_ERROR, "The model '%s' of the package '%s' has no "
+                   "compiled library: the backend does not compile packages. "
+                   "Make it with torch._inductor.aoti_compile_and_package().\n",
+                   name.c_str(), path);
+            return AVERROR(EINVAL);
+        }
+    }
+    return 0;
+}
+
 /** Refuse archives that hold no program, saying what they hold. */
 static int check_archive_th(DnnContext *ctx, const std::vector<std::string> &records)
 {
@@ -1829,7 +1924,9 @@ static int check_archive_th(DnnContext *ctx, const std::vector<std::string> &rec
         }
         return 0;
     }
-    if (has_record_th(records, "data/aotinductor/") || has_record_th(records, "code/"))
+    if (has_record_th(records, "data/aotinductor/"))
+        return check_package_th(ctx, records);
+    if (has_record_th(records, "code/"))
         return 0;
     if (has_record_th(records, "models/") || has_record_th(records, "serialized_exported_program")) {
         av_log(ctx, AV_LOG_ERROR, "'%s' is an ExportedProgram saved with "
