@@ -277,6 +277,30 @@ def batch_without_batch_dimension():
 
 
 @test
+def classifier_that_never_ran_says_why():
+    classify = ",dnn_classify=dnn_backend=torch:input_size=32x32:model=" + model("cls_color")
+    _, err = side_data(drawn("320x240", COLORED), classify.lstrip(","))
+    check("classified nothing" in err and "put dnn_detect before it" in err,
+          "no warning without boxes:\n" + err[-2000:])
+    _, err = side_data(drawn("320x240", COLORED), detect("det_colors", "boxes") + classify +
+                       ":target=nothing")
+    check("classified nothing" in err and "target" in err, "no warning for target:\n" + err[-2000:])
+    _, err = side_data(drawn("320x240", COLORED), detect("det_colors", "boxes") + classify)
+    check("classified nothing" not in err, "a warning though boxes were classified")
+
+
+@test
+def fixed_size_detector_without_input_size():
+    detect_error("fixed_detector", "boxes", "input_size=WxH", "exported for one input size")
+
+
+@test
+def quantized_output():
+    expect_error("dnn_processing=dnn_backend=torch:model=" + model("quantized"), "quantized",
+                 "dequantize()")
+
+
+@test
 def classifier_errors():
     vf = detect("det_colors", "boxes") + ",dnn_classify=dnn_backend=torch:model=%s" % model("cls_color")
     expect_error(vf, "input_size", size="320x240")

@@ -409,6 +409,22 @@ class UnknownOp(nn.Module):
         return torch.ops.dnntest.shift(x)
 
 
+class FixedDetector(nn.Module):
+    """A detector whose linear head takes 64 x 64 inputs only."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3 * 64 * 64, 6)
+
+    def forward(self, x):
+        return self.head(x.flatten(1)).unsqueeze(1)
+
+
+class Quantized(nn.Module):
+    def forward(self, x):
+        return torch.quantize_per_tensor(x, 0.01, 0, torch.quint8)
+
+
 class Returns4Columns(nn.Module):
     def forward(self, x):
         return torch.zeros(1, 3, 4)
@@ -455,6 +471,8 @@ MODELS = {
     "warns": Warns,
     "sum_weights": SumWeights,
     "squash": Squash,
+    "fixed_detector": FixedDetector,
+    "quantized": Quantized,
     "ret4cols": Returns4Columns,
     "retflat": ReturnsFlat,
 }

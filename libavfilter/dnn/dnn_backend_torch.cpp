@@ -137,6 +137,8 @@ typedef struct THModel {
     int error;
     /** Bytes of frame data copied between host and device, under mutex. */
     int64_t transferred;
+    /** dnn_classify: frames and boxes that arrived, boxes sent to the model. */
+    int64_t nb_frames, nb_boxes, nb_classified;
     /**
      * CUDA frames (AV_PIX_FMT_CUDA): the frames context last checked (held,
      * so that another one cannot take its address), its device and the
@@ -1229,6 +1231,16 @@ static void run_request_th(THRequestItem *request)
             return;
         }
         torch::Tensor out = result.toTensor();
+        if (out.is_sparse() || out.is_quantized() || out.is_complex()) {
+            av_log(ctx, AV_LOG_ERROR, "The model returned a %s tensor (%s); "
+                   "return a dense real tensor%s.\n",
+                   out.is_sparse() ? "sparse" : out.is_quantized() ? "quantized" :
+                   "complex", c10::toString(out.scalar_type()),
+                   out.is_sparse() ? " (to_dense())" : out.is_quantized() ?
+                   " (dequantize())" : "");
+            request->status = AVERROR(EINVAL);
+            return;
+        }
         if (analytics && (out.dim() < 1 || out.dim() > 4 ||
                           (batch > 1 && out.size(0) != batch))) {
             av_log(ctx, AV_LOG_ERROR, "The model returned a tensor of shape %s "
@@ -1648,13 +1660,19 @@ static int probe_channels_th(THModel *th_model)
         if (c == first)
             reason = why;
     }
+    /* Detectors are mostly exported for one input size: that is the fix. */
+    if (th_model->model.func_type != DFT_PROCESS_FRAME && !opts->input_width) {
+        av_log(ctx, AV_LOG_ERROR, "The model does not run on the frame size "
+               "(%dx%d): a detector exported for one input size needs "
+               "input_size=WxH, the size it was exported with (640x640 for "
+               "YOLOv8). LibTorch's reason: %s\n", width, height, reason.c_str());
+        return AVERROR(EINVAL);
+    }
     av_log(ctx, AV_LOG_ERROR, "The model runs neither on 1 nor on 3 input "
            "channels; on %dx%dx%dx%d zeros: %s. Check the model, or set the "
-           "channels option%s.%s\n",
+           "channels option.%s\n",
            th_model->net->fixed_batch() ? opts->batch_size : 1, first, height,
-           width, reason.c_str(),
-           th_model->model.func_type != DFT_PROCESS_FRAME && !opts->input_width ?
-           " and input_size" : "", failure_hint_th(th_model->net));
+           width, reason.c_str(), failure_hint_th(th_model->net));
     return AVERROR(EINVAL);
 }
 
@@ -1767,6 +1785,13 @@ static void dnn_free_model_th(DNNModel **model)
     if (th_model->device)
         av_log(th_model->ctx, AV_LOG_VERBOSE, "Host-device copies of frame "
                "data: %" PRId64 " bytes.\n", th_model->transferred);
+    /* A classifier that never ran is a mistake in the graph, not a result. */
+    if (th_model->model.func_type == DFT_ANALYTICS_CLASSIFY && th_model->nb_frames &&
+        !th_model->nb_classified)
+        av_log(th_model->ctx, AV_LOG_WARNING, "dnn_classify classified nothing: %s\n",
+               !th_model->nb_boxes ? "no frame carried detection boxes; put "
+               "dnn_detect before it." : "no box was inside the frame with the "
+               "target label; check target against the detector's labels.");
     av_buffer_unref(&th_model->cuda_frames);
     delete th_model->net;
     delete th_model->device;
@@ -2385,9 +2410,13 @@ static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_p
         const AVDetectionBBoxHeader *header = sd ? (const AVDetectionBBoxHeader *)sd->data : NULL;
 
         /* A frame without boxes to classify is done as it is queued. */
+        th_model->nb_frames++;
+        th_model->nb_boxes += header ? header->nb_bboxes : 0;
         for (uint32_t i = 0; header && i < header->nb_bboxes; i++) {
-            if (classify_box_th(frame, av_get_detection_bbox(header, i), target) &&
-                push_lltask_th(th_model, task, i) < 0)
+            if (!classify_box_th(frame, av_get_detection_bbox(header, i), target))
+                continue;
+            th_model->nb_classified++;
+            if (push_lltask_th(th_model, task, i) < 0)
                 break;
         }
     } else {
