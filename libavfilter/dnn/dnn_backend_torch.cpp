@@ -2352,44 +2352,47 @@ static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_p
     DnnContext *ctx = th_model->ctx;
     THLogWarnings warnings(ctx);
     LastLevelTaskItem *last;
-    TaskItem *task;
+    TaskItem *task = NULL;
     AVFrame *frame;
     int ret;
 
+    /* The frames are ours from here on: freed on failure until queued. */
     ret = ff_check_exec_params(ctx, DNN_TH, model->func_type, exec_params);
     if (ret != 0)
-        return ret;
+        goto fail;
     frame = exec_params->in_frame;
     ret = check_cuda_frames_th(th_model, frame);
     if (ret < 0)
-        return ret;
+        goto fail;
     if (!format_channels_th(frame_format_th(frame))) {
         av_log(ctx, AV_LOG_ERROR, "Frame format %s is not supported.\n",
                av_get_pix_fmt_name(frame_format_th(frame)));
-        return AVERROR(ENOSYS);
+        ret = AVERROR(ENOSYS);
+        goto fail;
     }
     if (model->func_type != DFT_PROCESS_FRAME) {
         /* dnn_classify never asks for the model's input. */
         ret = probe_channels_th(th_model);
         if (ret < 0)
-            return ret;
+            goto fail;
         if (th_model->nb_channels == 1 &&
             format_channels_th(frame_format_th(frame)) == 3) {
             av_log(ctx, AV_LOG_ERROR, "The model takes 1 channel and the frames "
                    "are %s; add format=gray before the filter.\n",
                    av_get_pix_fmt_name(frame_format_th(frame)));
-            return AVERROR(EINVAL);
+            ret = AVERROR(EINVAL);
+            goto fail;
         }
     }
 
     task = (TaskItem *)av_malloc(sizeof(*task));
-    if (!task)
-        return AVERROR(ENOMEM);
-    ret = ff_dnn_fill_task(task, exec_params, th_model, ctx->async, 1);
-    if (ret < 0) {
-        av_freep(&task);
-        return ret;
+    if (!task) {
+        ret = AVERROR(ENOMEM);
+        goto fail;
     }
+    ret = ff_dnn_fill_task(task, exec_params, th_model, ctx->async, 1);
+    if (ret < 0)
+        goto fail;
     task->inference_todo = 0;
     task->inference_done = 0;
 
@@ -2400,10 +2403,8 @@ static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_p
         dispatch_th(th_model, 1);
 
     ret = ff_queue_push_back(th_model->task_queue, task);
-    if (ret < 0) {
-        av_freep(&task);
-        return ret;
-    }
+    if (ret < 0)
+        goto fail;
     if (model->func_type == DFT_ANALYTICS_CLASSIFY) {
         const char *target = ((DNNExecClassificationParams *)exec_params)->target;
         const AVFrameSideData *sd = av_frame_get_side_data(frame, AV_FRAME_DATA_DETECTION_BBOXES);
@@ -2424,6 +2425,11 @@ static int dnn_execute_model_th(const DNNModel *model, DNNExecBaseParams *exec_p
     }
     dispatch_th(th_model, 0);
     return 0;
+
+fail:
+    av_freep(&task);
+    ff_dnn_free_exec_frames(exec_params);
+    return ret;
 }
 
 static DNNAsyncStatusType dnn_get_result_th(const DNNModel *model, AVFrame **in, AVFrame **out)
