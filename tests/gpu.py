@@ -23,6 +23,7 @@ CUDA_DEVICE = ["-init_hw_device", "cuda=cu:0,primary_ctx=1", "-filter_hw_device"
 # sw_formats of CUDA frames, with the raw format ffmpeg writes them in.
 CUDA_FORMATS = ("nv12", "p010le", "yuv420p", "yuv444p", "bgra", "rgba", "bgr0", "rgb0")
 COPIED = re.compile(r"Host-device copies of frame data: (\d+) bytes")
+FLAGS_READ = re.compile(r"of NaN checks: (\d+) bytes")
 
 
 def cuda_process(size, frames, fmt, vf, loglevel="error"):
@@ -126,6 +127,19 @@ def cuda_frames_give_the_cpu_frames_without_copies():
               % (name, fmt, max_diff(a, b)))
         check(copied_bytes(log) == 0, "%s on cuda %s: %d bytes copied between host "
               "and device" % (name, fmt, copied_bytes(log)))
+        # One byte per request: the NaN flag, read once after its wait.
+        flags = [int(m.group(1)) for m in FLAGS_READ.finditer(log)]
+        check(flags == [4], "%s on cuda %s: NaN flags read %s, want one byte for "
+              "each of the 4 requests" % (name, fmt, flags))
+
+
+@gpu_test
+def nan_from_the_model_on_cuda_frames():
+    for fmt, extra in (("nv12", ":channels=3"), ("bgra", "")):
+        args = source("96x64", 3, fmt)
+        args[-1] += ",hwupload,dnn_processing=" + torch_filter("nan", "device=cuda" + extra)
+        rc, _, err = run(CUDA_DEVICE + args + ["-f", "null", "-"])
+        check(rc != 0 and "returned NaN" in err, "%s: NaN not reported:\n%s" % (fmt, err[-2000:]))
 
 
 @gpu_test

@@ -60,14 +60,13 @@ extern "C" {
 #else
 #define TH_PACKAGES 0
 #endif
-/* CUDA frames wait on a c10::Event, which can block from LibTorch 2.4 on. */
+/* CUDA frames need LibTorch 2.4, the oldest checked with this code. */
 #define TH_CUDA_FRAMES (HAVE_LIBTORCH_CUDA && TH_LIBTORCH_AT_LEAST(2, 4))
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 #if TH_CUDA_FRAMES
 /* Only what c10_cuda exports: the CUDA runtime is not linked directly. */
-#include <c10/core/Event.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
@@ -135,8 +134,11 @@ typedef struct THModel {
      */
     AVMutex mutex;
     int error;
-    /** Bytes of frame data copied between host and device, under mutex. */
-    int64_t transferred;
+    /**
+     * Bytes copied between host and device, under mutex: of frame data, and
+     * of the NaN flags read back from CUDA frames' requests.
+     */
+    int64_t transferred, flags_read;
     /** dnn_classify: frames and boxes that arrived, boxes sent to the model. */
     int64_t nb_frames, nb_boxes, nb_classified;
     /**
@@ -160,6 +162,13 @@ typedef struct THRequestItem {
     int64_t batch;
     /** Set by th_start_inference(), read by the completion callback. */
     int status;
+    /**
+     * CUDA frames: the device and FFmpeg's stream, copied from the model
+     * when the request starts, so that the request thread and the wait read
+     * what the filter thread checked for these frames.
+     */
+    int cuda_device;
+    void *cuda_stream;
     DNNAsyncExecModule exec_module;
 } THRequestItem;
 
@@ -628,11 +637,31 @@ static int is_yuv_th(enum AVPixelFormat fmt)
 }
 
 /**
+ * Whether t holds NaN.  On a GPU, reading the answer would wait for the
+ * stream on every frame: the answer is ORed into *flag, on the device, to be
+ * read once after the request's wait, and 0 is returned.
+ */
+static int has_nan_th(const torch::Tensor &t, torch::Tensor *flag)
+{
+    if (t.is_cuda() && flag) {
+        torch::Tensor found = t.isnan().any();
+        if (flag->defined())
+            flag->logical_or_(found);
+        else
+            *flag = found;
+        return 0;
+    }
+    /* The maximum finds NaN in one reduction. */
+    return std::isnan(t.max().item<float>());
+}
+
+/**
  * Write R, G, B in [0, 1] (3 x H x W) into a YUV frame with the frame's
  * matrix and range; each chroma sample is the mean over its block.
  * @return 1 if src holds NaN (the frame is then left as it was), 0 otherwise
  */
-static int rgb_to_yuv_frame_th(const torch::Tensor &src, AVFrame *frame)
+static int rgb_to_yuv_frame_th(const torch::Tensor &src, AVFrame *frame,
+                               torch::Tensor *nan_flag)
 {
     enum AVPixelFormat fmt = frame_format_th(frame);
     const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(fmt);
@@ -644,8 +673,8 @@ static int rgb_to_yuv_frame_th(const torch::Tensor &src, AVFrame *frame)
     int ch = AV_CEIL_RSHIFT(frame->height, desc->log2_chroma_h);
     torch::Tensor rgb = src.clamp(0.0, 1.0);
 
-    /* clamp keeps NaN; the maximum finds it in one reduction. */
-    if (std::isnan(rgb.max().item<float>()))
+    /* clamp keeps NaN. */
+    if (has_nan_th(rgb, nan_flag))
         return 1;
     torch::Tensor luma = m.kr * rgb[0] + m.kg * rgb[1] + m.kb * rgb[2];
     torch::Tensor chroma = torch::stack({ (rgb[2] - luma) / (2.0 * (1.0 - m.kb)),
@@ -895,7 +924,8 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
  * Write src, a C x H x W float tensor, into the frame.
  * @return 1 if src holds NaN (the frame is then not usable), 0 otherwise
  */
-static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame)
+static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
+                              torch::Tensor *nan_flag)
 {
     enum AVPixelFormat fmt = frame_format_th(frame);
     int channels = format_channels_th(fmt);
@@ -904,12 +934,11 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame)
     if (packed_on_host_th(frame, src))
         return pack_th(src.data_ptr<float>(), frame, channels);
     if (src.size(0) == 3 && channels == 1 && is_yuv_th(fmt))
-        return rgb_to_yuv_frame_th(src, frame);
+        return rgb_to_yuv_frame_th(src, frame, nan_flag);
 
     /* One plane: gray, Y, or packed RGB in its memory order. */
     values = src.permute({ 1, 2, 0 });
-    /* The maximum finds NaN in one reduction. */
-    if (std::isnan(values.max().item<float>()))
+    if (has_nan_th(values, nan_flag))
         return 1;
     if (fmt == AV_PIX_FMT_GRAYF32) {
         frame_plane_th(frame, 0, frame->height, frame->width, 1, torch::kFloat32).copy_(values);
@@ -951,43 +980,70 @@ static void fit_tensor_th(const torch::Tensor &src, torch::Tensor &dst, int lett
  * and before whatever reads the output, with no event between streams.
  */
 
+#if TH_CUDA_FRAMES
 /**
- * For CUDA frames, makes their device and FFmpeg's stream the current ones
- * of the calling thread for the scope: request threads have neither.
- * Nothing for frames in memory.
+ * Makes FFmpeg's CUDA context (the device's primary one, checked) current on
+ * the calling thread for the scope, as FFmpeg's CUDA filters do, whatever
+ * context the thread had: LibTorch works in the current context.
+ */
+class THCudaContext {
+public:
+    THCudaContext(void *log_ctx, const AVBufferRef *frames) : frames_(frames)
+    {
+        if (ff_dnn_cuda_push(log_ctx, frames) < 0)
+            throw std::runtime_error("could not make FFmpeg's CUDA context current");
+    }
+
+    ~THCudaContext() { ff_dnn_cuda_pop(frames_); }
+
+    THCudaContext(const THCudaContext &) = delete;
+    THCudaContext &operator=(const THCudaContext &) = delete;
+
+private:
+    const AVBufferRef *frames_;
+};
+#endif
+
+/**
+ * For CUDA frames, makes FFmpeg's context, the frames' device and FFmpeg's
+ * stream the current ones of the calling thread for the scope: request
+ * threads have none of them.  The device and stream are the request's own
+ * copy, taken when it started.  Nothing for frames in memory.
  */
 class THCudaScope {
 public:
-    THCudaScope(const THModel *th_model, const AVFrame *frame)
+    THCudaScope(const THRequestItem *request, const AVFrame *frame)
     {
 #if TH_CUDA_FRAMES
         if (frame->format != AV_PIX_FMT_CUDA)
             return;
-        c10::DeviceIndex index = th_model->cuda_device;
-        c10::cuda::CUDAStream stream = th_model->cuda_stream ?
-            c10::cuda::getStreamFromExternal((cudaStream_t)th_model->cuda_stream, index) :
+        c10::DeviceIndex index = request->cuda_device;
+        context_.emplace(request->th_model->ctx, frame->hw_frames_ctx);
+        c10::cuda::CUDAStream stream = request->cuda_stream ?
+            c10::cuda::getStreamFromExternal((cudaStream_t)request->cuda_stream, index) :
             c10::cuda::getDefaultCUDAStream(index);
         guard_.emplace(stream.unwrap());
 #endif
     }
 
     /**
-     * Wait for the work queued on the stream so far, and no more: the
-     * frames it reads may be freed and reused once this returns.
+     * Wait for the work queued on the stream so far: the frames it reads may
+     * be freed and reused once this returns.  A stream wait follows the
+     * context's scheduling flags (FFmpeg creates the primary context with
+     * blocking sync), where an event wait would spin a core.
      */
     void wait()
     {
 #if TH_CUDA_FRAMES
-        if (!guard_)
-            return;
-        c10::Event done(c10::DeviceType::CUDA);
-        done.record(guard_->current_stream());
-        done.synchronize();
+        if (guard_)
+            guard_->current_stream().synchronize();
 #endif
     }
 
 private:
 #if TH_CUDA_FRAMES
+    /* Declared first: the context stays current until the guard is gone. */
+    std::optional<THCudaContext> context_;
     std::optional<c10::StreamGuard> guard_;
 #endif
 };
@@ -1284,7 +1340,7 @@ static int th_start_inference(void *args)
 
     request->status = 0;
     try {
-        THCudaScope scope(th_model, request->lltasks[0]->task->in_frame);
+        THCudaScope scope(request, request->lltasks[0]->task->in_frame);
         run_request_th(request);
     } catch (const std::exception &e) {
         av_log(th_model->ctx, AV_LOG_ERROR, "Could not run on the frames' CUDA "
@@ -1318,7 +1374,8 @@ static int resize_frame_th(AVFrame *frame, int width, int height)
     return 0;
 }
 
-static int write_output_th(THRequestItem *request, int index, AVFrame *out)
+static int write_output_th(THRequestItem *request, int index, AVFrame *out,
+                           torch::Tensor *nan_flag)
 {
     THModel *th_model = request->th_model;
     DnnContext *ctx = th_model->ctx;
@@ -1349,7 +1406,7 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out)
     }
     try {
         const AVFrame *in = request->lltasks[index]->task->in_frame;
-        if (tensor_to_frame_th(result, out)) {
+        if (tensor_to_frame_th(result, out, nan_flag)) {
             av_log(ctx, AV_LOG_ERROR, "The model returned NaN; check its "
                    "weights and that it expects input in [0, 1].\n");
             return AVERROR(EINVAL);
@@ -1439,14 +1496,15 @@ static int classify_output_th(THRequestItem *request, int index,
 }
 
 /** Deliver the result of one lltask of the request. */
-static int deliver_output_th(THRequestItem *request, int index)
+static int deliver_output_th(THRequestItem *request, int index,
+                             torch::Tensor *nan_flag)
 {
     THModel *th_model = request->th_model;
     const LastLevelTaskItem *lltask = request->lltasks[index];
 
     switch (th_model->model.func_type) {
     case DFT_PROCESS_FRAME:
-        return write_output_th(request, index, lltask->task->out_frame);
+        return write_output_th(request, index, lltask->task->out_frame, nan_flag);
     case DFT_ANALYTICS_DETECT:
     case DFT_ANALYTICS_CLASSIFY:
         try {
@@ -1473,12 +1531,25 @@ static void infer_completion_callback(void *args)
     /* The filter may free and reuse the frames as soon as a task is done:
      * all GPU work on them ends first, whether the request failed or not. */
     try {
-        THCudaScope scope(th_model, request->lltasks[0]->task->in_frame);
+        THCudaScope scope(request, request->lltasks[0]->task->in_frame);
+        torch::Tensor nan_flag;
+
         for (int i = 0; i < request->nb_lltasks; i++) {
             if (ret >= 0 && request->lltasks[i]->task->do_ioproc)
-                ret = deliver_output_th(request, i);
+                ret = deliver_output_th(request, i, &nan_flag);
         }
         scope.wait();
+        /* One byte read from the device, after the wait, for the request. */
+        if (nan_flag.defined()) {
+            ff_mutex_lock(&th_model->mutex);
+            th_model->flags_read += nan_flag.nbytes();
+            ff_mutex_unlock(&th_model->mutex);
+        }
+        if (nan_flag.defined() && nan_flag.item<bool>() && ret >= 0) {
+            av_log(th_model->ctx, AV_LOG_ERROR, "The model returned NaN; check "
+                   "its weights and that it expects input in [0, 1].\n");
+            ret = AVERROR(EINVAL);
+        }
     } catch (const std::exception &e) {
         av_log(th_model->ctx, AV_LOG_ERROR, "Could not finish the work on the "
                "frames' CUDA device: %s\n", error_reason(th_model->ctx, e).c_str());
@@ -1511,6 +1582,8 @@ static void start_request_th(THModel *th_model, THRequestItem *request, int nb)
     for (int i = 0; i < nb; i++)
         request->lltasks[i] = (LastLevelTaskItem *)ff_queue_pop_front(th_model->lltask_queue);
     request->nb_lltasks = nb;
+    request->cuda_device = th_model->cuda_device;
+    request->cuda_stream = th_model->cuda_stream;
 
     if (ctx->async) {
         int ret = ff_dnn_start_inference_async(ctx, &request->exec_module);
@@ -1784,7 +1857,8 @@ static void dnn_free_model_th(DNNModel **model)
     }
     if (th_model->device)
         av_log(th_model->ctx, AV_LOG_VERBOSE, "Host-device copies of frame "
-               "data: %" PRId64 " bytes.\n", th_model->transferred);
+               "data: %" PRId64 " bytes; of NaN checks: %" PRId64 " bytes.\n",
+               th_model->transferred, th_model->flags_read);
     /* A classifier that never ran is a mistake in the graph, not a result. */
     if (th_model->model.func_type == DFT_ANALYTICS_CLASSIFY && th_model->nb_frames &&
         !th_model->nb_classified)

@@ -24,6 +24,32 @@
 
 #define CHECK_CU(x) FF_CUDA_CHECK_DL(log_ctx, cu, x)
 
+/* cuda.h's special stream handles, which dynlink_cuda.h does not define. */
+#define DNN_CU_STREAM_LEGACY     ((CUstream)0x1)
+#define DNN_CU_STREAM_PER_THREAD ((CUstream)0x2)
+
+static const AVCUDADeviceContext *cuda_device_ctx(const AVBufferRef *frames_ref)
+{
+    const AVHWFramesContext *frames = (const AVHWFramesContext *)frames_ref->data;
+    return frames->device_ctx->hwctx;
+}
+
+int ff_dnn_cuda_push(void *log_ctx, const AVBufferRef *frames_ref)
+{
+    const AVCUDADeviceContext *hwctx = cuda_device_ctx(frames_ref);
+    CudaFunctions *cu = hwctx->internal->cuda_dl;
+
+    return CHECK_CU(cu->cuCtxPushCurrent(hwctx->cuda_ctx));
+}
+
+void ff_dnn_cuda_pop(const AVBufferRef *frames_ref)
+{
+    const AVCUDADeviceContext *hwctx = cuda_device_ctx(frames_ref);
+    CUcontext dummy;
+
+    hwctx->internal->cuda_dl->cuCtxPopCurrent(&dummy);
+}
+
 int ff_dnn_cuda_frames_device(void *log_ctx, const AVBufferRef *frames_ref,
                               int *device, void **stream)
 {
@@ -64,7 +90,16 @@ int ff_dnn_cuda_frames_device(void *log_ctx, const AVBufferRef *frames_ref,
         return AVERROR(EINVAL);
     }
 
+    /* The per-thread default stream is another stream on each thread, and
+     * the work runs on request threads: it cannot order it after FFmpeg's. */
+    if (hwctx->stream == DNN_CU_STREAM_PER_THREAD) {
+        av_log(log_ctx, AV_LOG_ERROR, "The CUDA device uses the per-thread "
+               "default stream, which request threads cannot share; use a "
+               "stream of its own or the legacy default stream.\n");
+        return AVERROR(ENOSYS);
+    }
+
     *device = dev;
-    *stream = hwctx->stream;
+    *stream = hwctx->stream == DNN_CU_STREAM_LEGACY ? NULL : hwctx->stream;
     return 0;
 }

@@ -40,10 +40,23 @@
  * @param frames_ref the frames' AVHWFramesContext, of an AV_HWDEVICE_TYPE_CUDA device
  * @param device     set to the CUDA device ordinal
  * @param stream     set to the CUstream of the device context, NULL for the
- *                   legacy default stream
+ *                   legacy default stream (also when given as
+ *                   CU_STREAM_LEGACY); the per-thread default stream is
+ *                   refused
  * @return 0 on success, a negative AVERROR code otherwise
  */
 int ff_dnn_cuda_frames_device(void *log_ctx, const AVBufferRef *frames_ref,
                               int *device, void **stream);
+
+/**
+ * Make the CUDA context of the frames current on the calling thread, as
+ * FFmpeg's CUDA filters do around their work; ff_dnn_cuda_pop() restores
+ * the previous one.
+ *
+ * @return 0 on success, a negative AVERROR code otherwise
+ */
+int ff_dnn_cuda_push(void *log_ctx, const AVBufferRef *frames_ref);
+
+void ff_dnn_cuda_pop(const AVBufferRef *frames_ref);
 
 #endif /* AVFILTER_DNN_DNN_CUDA_H */
