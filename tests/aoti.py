@@ -12,7 +12,7 @@ import zipfile
 import torch
 
 from harness import (MODELS, PACKAGES, TMP, as_frames, check, expect_error, max_diff,
-                     model, process, run, test)
+                     model, process, run, source, test)
 
 
 def package_test(fn):
@@ -56,6 +56,28 @@ def static_package_refuses_another_shape_at_load():
     expect_error(torch_vf(package("conv1x1_static")), "exported", "Dim.DYNAMIC", size="80x60")
     expect_error(torch_vf(package("conv1x1_static"), "batch_size=2"), "batch_size", size="64x48")
     expect_error(torch_vf(package("conv1x1_batch")), "exported", size="64x48")
+
+
+@package_test
+def package_shapes_checked_without_the_environment():
+    # The backend reads the shapes a package takes from the package; it
+    # neither sets nor trusts AOTI_RUNTIME_CHECK_INPUTS, with which the
+    # package itself would print to stderr, or read out of bounds with 0.
+    saved = os.environ.get("AOTI_RUNTIME_CHECK_INPUTS")
+    os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "0"
+    try:
+        args = source("80x60", 2, "rgb24")
+        args[-1] += "," + torch_vf(package("conv1x1_static"))
+        rc, _, err = run(args + ["-f", "null", "-"], loglevel="quiet")
+        check(rc != 0, "a package ran on a shape it was not exported for")
+        check(err.strip() == "", "-v quiet printed:\n" + err[-2000:])
+        expect_error(torch_vf(package("conv1x1_static")), "takes [1, 3, 48, 64]",
+                     "gets [1, 3, 60, 80]", size="80x60")
+    finally:
+        if saved is None:
+            del os.environ["AOTI_RUNTIME_CHECK_INPUTS"]
+        else:
+            os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = saved
 
 
 @package_test

@@ -288,14 +288,30 @@ private:
 };
 
 #if TH_PACKAGES
+/**
+ * The sizes a package's input takes, dimension by dimension: a compiled
+ * package reads out of bounds on any other, and checks them itself only
+ * when the process environment says so (AOTI_RUNTIME_CHECK_INPUTS).
+ */
+typedef struct THPackageShape {
+    int64_t min[4], max[4];
+} THPackageShape;
+
 class THPackageNet : public THNet {
 public:
     THPackageNet(const std::string &path, const std::string &name,
-                 size_t runners, c10::DeviceIndex device_index)
-        : loader_(path, name, false, runners, device_index) {}
+                 size_t runners, c10::DeviceIndex device_index,
+                 const THPackageShape &shape)
+        : loader_(path, name, false, runners, device_index), shape_(shape) {}
 
     torch::jit::IValue forward(const torch::Tensor &input) override
     {
+        for (int64_t d = 0; d < 4; d++) {
+            if (input.size(d) >= shape_.min[d] && input.size(d) <= shape_.max[d])
+                continue;
+            throw std::runtime_error("the package takes " + shape_str() +
+                                     " and gets " + c10::str(input.sizes()));
+        }
         std::vector<torch::Tensor> out = loader_.run({ input });
         if (out.size() == 1)
             return out[0];
@@ -305,7 +321,23 @@ public:
     bool fixed_batch() const override { return true; }
 
 private:
+    std::string shape_str() const
+    {
+        std::string s = "[";
+        for (int d = 0; d < 4; d++) {
+            s += d ? ", " : "";
+            if (shape_.min[d] == shape_.max[d])
+                s += std::to_string(shape_.min[d]);
+            else
+                s += std::to_string(shape_.min[d]) + ".." +
+                     (shape_.max[d] == INT64_MAX ? std::string("") :
+                      std::to_string(shape_.max[d]));
+        }
+        return s + "]";
+    }
+
     torch::inductor::AOTIModelPackageLoader loader_;
+    THPackageShape shape_;
 };
 #endif
 
@@ -2054,12 +2086,71 @@ static std::string join_th(const std::vector<std::string> &names)
 }
 
 #if TH_PACKAGES
-static void enable_package_checks_th(void)
+/** The integer after the first occurrence of key at or after pos in text. */
+static bool number_after_th(const std::string &text, size_t pos,
+                            const std::string &key, size_t end, int64_t *value)
 {
-    /* A package checks its input shapes against those it was compiled for
-     * only when asked to; without the check a wrong shape reads out of
-     * bounds.  The generated code reads the variable once, at its first run. */
-    setenv("AOTI_RUNTIME_CHECK_INPUTS", "1", 0);
+    size_t at = text.find(key, pos);
+
+    if (at == std::string::npos || at >= end)
+        return false;
+    *value = strtoll(text.c_str() + at + key.size(), NULL, 10);
+    return true;
+}
+
+/**
+ * The sizes of input 0 of a package's model, from the input checks that
+ * AOTInductor generates into the model's wrapper source, which the package
+ * carries: "input_handles[0]: unmatched dim value at D, expected: N", and
+ * "dim value is too small at D, expected it to be >= N" (too large, <=).
+ * The package runs only with the PyTorch that wrote it, so the wording is
+ * that of this LibTorch.  Reading the checks instead of switching them on
+ * keeps the process environment alone.
+ * @return 0, or AVERROR(EINVAL) if the source or the checks are missing
+ */
+static int package_shape_th(const char *path, const std::string &name,
+                            THPackageShape *shape)
+{
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    const std::string prefix = "data/aotinductor/" + name + "/";
+    const std::string suffix = ".wrapper.cpp";
+    const std::string input = "input_handles[0]: ";
+    int found = 0;
+
+    for (int d = 0; d < 4; d++) {
+        shape->min[d] = 1;
+        shape->max[d] = INT64_MAX;
+    }
+    for (const std::string &record : reader.getAllRecords()) {
+        if (record.compare(0, prefix.size(), prefix) || record.size() < suffix.size() ||
+            record.compare(record.size() - suffix.size(), suffix.size(), suffix))
+            continue;
+        auto data = reader.getRecord(record);
+        std::string text((const char *)std::get<0>(data).get(), std::get<1>(data));
+        for (size_t pos = text.find(input); pos != std::string::npos;
+             pos = text.find(input, pos + 1)) {
+            /* One check per statement: the values come before its end. */
+            size_t end = text.find(';', pos);
+            int64_t dim, value;
+            end = end == std::string::npos ? text.size() : end;
+            if (number_after_th(text, pos, "unmatched dim value at ", end, &dim) &&
+                dim >= 0 && dim < 4 && number_after_th(text, pos, "expected: ", end, &value)) {
+                shape->min[dim] = shape->max[dim] = value;
+                found = 1;
+            } else if (number_after_th(text, pos, "dim value is too small at ", end, &dim) &&
+                       dim >= 0 && dim < 4 &&
+                       number_after_th(text, pos, "expected it to be >= ", end, &value)) {
+                shape->min[dim] = value;
+                found = 1;
+            } else if (number_after_th(text, pos, "dim value is too large at ", end, &dim) &&
+                       dim >= 0 && dim < 4 &&
+                       number_after_th(text, pos, "expected to be <= ", end, &value)) {
+                shape->max[dim] = value;
+                found = 1;
+            }
+        }
+    }
+    return found ? 0 : AVERROR(EINVAL);
 }
 #endif
 
@@ -2087,7 +2178,7 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
                "is compiled already.\n");
 
 #if TH_PACKAGES
-    static AVOnce checks_once = AV_ONCE_INIT;
+    THPackageShape shape;
     try {
         std::unordered_map<std::string, std::string> meta =
             torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, name);
@@ -2100,10 +2191,16 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
                    runs.c_str());
             return AVERROR(EINVAL);
         }
-        ff_thread_once(&checks_once, enable_package_checks_th);
+        if (package_shape_th(path, name, &shape) < 0) {
+            av_log(ctx, AV_LOG_ERROR, "The package '%s' does not say which input "
+                   "shapes its model '%s' takes (its generated source, with the "
+                   "input checks, is missing); refusing to run it unchecked.\n",
+                   path, name.c_str());
+            return AVERROR(EINVAL);
+        }
         th_model->net = new THPackageNet(path, name, ctx->nireq,
                                          th_model->device->has_index() ?
-                                         th_model->device->index() : -1);
+                                         th_model->device->index() : -1, shape);
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "Could not load AOTInductor package '%s': %s. "
                "A package runs with the PyTorch version that compiled it (this "
