@@ -173,6 +173,33 @@ def package_without_a_compiled_library_is_refused():
     expect_error(torch_vf(path), "no compiled library", "does not compile")
 
 
+def loader_folders(library):
+    """Folders under /tmp where LibTorch's loader extracted this library."""
+    found = set()
+    for entry in os.listdir("/tmp"):
+        top = os.path.join("/tmp", entry)
+        if len(entry) != 6 or not os.path.isdir(top) or os.path.islink(top):
+            continue
+        for sub in os.listdir(top):
+            if os.path.exists(os.path.join(top, sub, "data", "aotinductor", "model", library)):
+                found.add(top)
+    return found
+
+
+@package_test
+def failed_package_load_leaves_no_folder_behind():
+    src = package("conv1x1_static")
+    library = [n for n in zipfile.ZipFile(src).namelist() if n.endswith(".so")][0]
+
+    def break_library(name, data):
+        return b"not a library" if name.endswith(".so") else data
+    path = rewrite_package(src, os.path.join(TMP, "broken_library.pt2"), edit=break_library)
+    before = loader_folders(os.path.basename(library))
+    expect_error(torch_vf(path), "Could not load AOTInductor package")
+    left = loader_folders(os.path.basename(library)) - before
+    check(not left, "the failed load left %s behind" % sorted(left))
+
+
 def package_refused_by_an_older_libtorch():
     # An archive with a package's layout, written by PyTorch's own writer:
     # older PyTorch cannot compile one.

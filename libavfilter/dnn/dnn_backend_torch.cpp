@@ -31,12 +31,17 @@
 
 #include <sys/stat.h>
 
+#include <dirent.h>
+#include <ftw.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdlib>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -2099,6 +2104,54 @@ static bool number_after_th(const std::string &text, size_t pos,
 }
 
 /**
+ * The folders that LibTorch's package loader made for this model of the
+ * package: it extracts a package under a fresh /tmp/XXXXXX (mkdtemp), and
+ * a load that fails inside the loader leaves that folder behind without
+ * saying which it was.  Only folders of this user that hold this model's
+ * library, whose name carries a hash of its content, are taken.
+ */
+static std::set<std::string> package_folders_th(const std::string &name,
+                                                const std::string &library)
+{
+    const std::string model_file = "/data/aotinductor/" + name + "/" + library;
+    std::set<std::string> found;
+    DIR *tmp = opendir("/tmp");
+    struct dirent *entry;
+
+    /* POSIX calls: the std::filesystem that LibTorch's libraries export
+     * can take the place of the C++ library's. */
+    while (tmp && (entry = readdir(tmp))) {
+        std::string dir = std::string("/tmp/") + entry->d_name;
+        struct stat st;
+        DIR *top;
+        struct dirent *sub;
+
+        if (strlen(entry->d_name) != 6 || lstat(dir.c_str(), &st) < 0 ||
+            !S_ISDIR(st.st_mode) || st.st_uid != getuid() || !(top = opendir(dir.c_str())))
+            continue;
+        /* The archive's own folder name is one level down: any will do. */
+        while ((sub = readdir(top))) {
+            std::string file = dir + "/" + sub->d_name + model_file;
+            if (sub->d_name[0] != '.' && !access(file.c_str(), F_OK)) {
+                found.insert(dir);
+                break;
+            }
+        }
+        closedir(top);
+    }
+    if (tmp)
+        closedir(tmp);
+    return found;
+}
+
+static int remove_entry_th(const char *path, const struct stat *st, int type,
+                           struct FTW *ftw)
+{
+    remove(path);
+    return 0;
+}
+
+/**
  * The sizes of input 0 of a package's model, from the input checks that
  * AOTInductor generates into the model's wrapper source, which the package
  * carries: "input_handles[0]: unmatched dim value at D, expected: N", and
@@ -2179,7 +2232,17 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
 
 #if TH_PACKAGES
     THPackageShape shape;
+    std::set<std::string> folders;
+    std::string library;
     try {
+        for (const std::string &record : archive_records_th(path)) {
+            std::string prefix = "data/aotinductor/" + name + "/";
+            if (!record.compare(0, prefix.size(), prefix) && record.size() > 3 &&
+                !record.compare(record.size() - 3, 3, ".so"))
+                library = record.substr(prefix.size());
+        }
+        if (!library.empty())
+            folders = package_folders_th(name, library);
         std::unordered_map<std::string, std::string> meta =
             torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, name);
         std::string built = meta.count("AOTI_DEVICE_KEY") ? meta["AOTI_DEVICE_KEY"] : "cpu";
@@ -2205,6 +2268,15 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
         av_log(ctx, AV_LOG_ERROR, "Could not load AOTInductor package '%s': %s. "
                "A package runs with the PyTorch version that compiled it (this "
                "is LibTorch %s).\n", path, error_reason(ctx, e).c_str(), TORCH_VERSION);
+        try {
+            for (const std::string &dir : library.empty() ? std::set<std::string>() :
+                                          package_folders_th(name, library)) {
+                if (!folders.count(dir))
+                    nftw(dir.c_str(), remove_entry_th, 16, FTW_DEPTH | FTW_PHYS);
+            }
+        } catch (const std::exception &e2) {
+            /* Cleaning up is all that failed: the error is above. */
+        }
         return AVERROR(EINVAL);
     }
     av_log(ctx, AV_LOG_VERBOSE, "AOTInductor package, model '%s'.\n", name.c_str());
