@@ -134,6 +134,21 @@ def cuda_frames_give_the_cpu_frames_without_copies():
 
 
 @gpu_test
+def probed_channels_are_those_of_the_same_frames_in_memory():
+    """Without channels=, a model that runs on 1 and on 3 channels takes the
+    Y plane of YUV frames, on the GPU as in memory (the probe reads the
+    frames context's sw_format, not AV_PIX_FMT_CUDA)."""
+    for fmt in ("nv12", "yuv420p", "p010le"):
+        want = process(None, "96x64", 3, fmt, "dnn_processing=" + torch_filter("identity"))
+        got, log = cuda_process("96x64", 3, fmt, "dnn_processing=" +
+                                torch_filter("identity", "device=cuda"), loglevel="verbose")
+        check(samples(got, fmt).tobytes() == samples(want, fmt).tobytes(),
+              "%s: the identity on CUDA frames changed them" % fmt)
+        check("Probed model input: 1 channel," in log and "tried first for %s frames" % fmt in log,
+              "%s: not probed as 1 channel for %s frames:\n%s" % (fmt, fmt, log[-2000:]))
+
+
+@gpu_test
 def nan_from_the_model_on_cuda_frames():
     for fmt, extra in (("nv12", ":channels=3"), ("bgra", "")):
         args = source("96x64", 3, fmt)
