@@ -374,6 +374,14 @@ class Squash(nn.Module):
         return x * 0.1 + 0.5
 
 
+class ViewsInput(nn.Module):
+    """The identity through .view(), which needs a contiguous input."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        return x.view(b, c * h * w).view(b, c, h, w)
+
+
 class SumWeights(nn.Module):
     """The frame times the mean of a 3 x 5 x 7 weight of ones: the identity,
     reading every element of the weight."""
@@ -470,6 +478,7 @@ MODELS = {
     "needs64": Needs64,
     "warns": Warns,
     "sum_weights": SumWeights,
+    "views_input": ViewsInput,
     "squash": Squash,
     "fixed_detector": FixedDetector,
     "quantized": Quantized,

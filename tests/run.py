@@ -157,6 +157,19 @@ def channels_probed_at_the_frame_size():
 
 
 @test
+def model_that_needs_contiguous_input_gets_it():
+    # Batches are channels-last (the frames' pixel order, and faster
+    # convolutions); a model that views its input falls back to contiguous.
+    src = raw_frames("64x48", 3)
+    args = source("64x48", 3, "rgb24")
+    args[-1] += ",dnn_processing=" + torch_filter("views_input")
+    rc, out, err = run(args + ["-f", "rawvideo", "-"], loglevel="verbose")
+    check(rc == 0 and out == src, "the identity through .view() failed or changed the frames:\n"
+          + err[-2000:])
+    check("does not run on channels-last input" in err, "no word of the fallback:\n" + err[-2000:])
+
+
+@test
 def channel_choice_follows_the_frame_format():
     for fmt, want in (("yuv420p", "1 channel,"), ("nv12", "1 channel,"), ("gray", "1 channel,"),
                       ("rgb24", "3 channels,"), ("bgr0", "3 channels,")):

@@ -115,6 +115,16 @@ typedef struct THModel {
     /** Input channels of the model: 1 or 3; 0 until known. */
     int nb_channels;
     /**
+     * Whether the model gets its input channels-last (NHWC in memory): the
+     * frames' own pixel order, and LibTorch's CPU convolutions run 1.5 to 3.5
+     * times as fast on it.  Off for packages, compiled for the strides of
+     * their example, and for models that fail on it (a .view() of the
+     * input); see probe_layout_th().
+     */
+    int channels_last;
+    /** Whether probe_channels_th() has run. */
+    int probed;
+    /**
      * The probe's input size and the output shape it gave (rank 0 if none),
      * so that get_output need not run the model again on the same input.
      */
@@ -769,20 +779,35 @@ static void pass_chroma_th(const AVFrame *in, AVFrame *out)
  * conversion takes five passes over the frame on the way out, two on the
  * way in.  The arithmetic is that of the torch ops (a division by 255 in
  * float; a multiplication, clamping and rounding half to even), so both give
- * the same bytes; CUDA frames take the torch ops.  FFmpeg compiles without
- * auto-vectorisation, so the rows are converted with SSE2, the x86-64
+ * the same bytes; CUDA frames take the torch ops.  A channels-last batch
+ * (see THModel.channels_last) is in the frame's own pixel order, so packed
+ * RGB rows convert as they lie.  FFmpeg compiles without auto-vectorisation
+ * on GCC before 13, so the rows are converted with SSE2, the x86-64
  * baseline, where it exists.
  */
 
-/** Whether the frame and the C x H x W float tensor qualify. */
-static int packed_on_host_th(const AVFrame *frame, const torch::Tensor &t)
+enum THHostLayout {
+    TH_HOST_NONE,
+    TH_HOST_PLANAR,      ///< C x H x W contiguous
+    TH_HOST_INTERLEAVED, ///< channels-last: H x W x C in memory, as packed RGB
+};
+
+/** Whether the frame and the C x H x W float tensor qualify, and how. */
+static enum THHostLayout packed_on_host_th(const AVFrame *frame, const torch::Tensor &t)
 {
     enum AVPixelFormat fmt = frame_format_th(frame);
+    int64_t c = t.size(0), w = t.size(2);
 
-    return frame->format == fmt && t.device().is_cpu() && t.is_contiguous() &&
-           t.scalar_type() == torch::kFloat32 && fmt != AV_PIX_FMT_GRAYF32 &&
-           depth_th(fmt) == 8 && t.size(0) == format_channels_th(fmt) &&
-           t.size(1) == frame->height && t.size(2) == frame->width;
+    if (frame->format != fmt || !t.device().is_cpu() ||
+        t.scalar_type() != torch::kFloat32 || fmt == AV_PIX_FMT_GRAYF32 ||
+        depth_th(fmt) != 8 || c != format_channels_th(fmt) ||
+        t.size(1) != frame->height || w != frame->width)
+        return TH_HOST_NONE;
+    if (t.is_contiguous())
+        return TH_HOST_PLANAR;
+    if (t.stride(0) == 1 && t.stride(2) == c && t.stride(1) == w * c)
+        return TH_HOST_INTERLEAVED;
+    return TH_HOST_NONE;
 }
 
 /** n samples to floats in [0, 1]. */
@@ -898,7 +923,22 @@ static void deinterleave_th(const uint8_t *src, uint8_t *c0, uint8_t *c1, uint8_
     }
 }
 
-static void unpack_th(const AVFrame *frame, float *dst, int channels)
+/** Packed pixels of step bytes to pixels of their first 3 bytes, and back. */
+static void drop_fourth_byte_th(const uint8_t *src, uint8_t *dst, int64_t width)
+{
+    for (int64_t x = 0; x < width; x++)
+        for (int c = 0; c < 3; c++)
+            dst[3 * x + c] = src[4 * x + c];
+}
+
+static void add_fourth_byte_th(const uint8_t *src, uint8_t *dst, int64_t width)
+{
+    for (int64_t x = 0; x < width; x++)
+        AV_WL32(dst + 4 * x, src[3 * x] | src[3 * x + 1] << 8 | src[3 * x + 2] << 16 | 0xFFu << 24);
+}
+
+static void unpack_th(const AVFrame *frame, float *dst, int channels,
+                      enum THHostLayout layout)
 {
     int step = is_rgb32_th(frame_format_th(frame)) ? 4 : channels;
     int64_t width = frame->width, plane = width * frame->height;
@@ -911,6 +951,15 @@ static void unpack_th(const AVFrame *frame, float *dst, int channels)
                 dequantize_row_th(src, dst + y * width, width);
                 continue;
             }
+            /* Channels-last: a packed row in its own order. */
+            if (layout == TH_HOST_INTERLEAVED) {
+                if (step == 4) {
+                    drop_fourth_byte_th(src, &rows[0], width);
+                    src = &rows[0];
+                }
+                dequantize_row_th(src, dst + y * width * channels, width * channels);
+                continue;
+            }
             deinterleave_th(src, &rows[0], &rows[width], &rows[2 * width], width, step);
             for (int c = 0; c < channels; c++)
                 dequantize_row_th(&rows[c * width], dst + c * plane + y * width, width);
@@ -919,7 +968,8 @@ static void unpack_th(const AVFrame *frame, float *dst, int channels)
 }
 
 /** @return 1 if src holds NaN, 0 otherwise */
-static int pack_th(const float *src, AVFrame *frame, int channels)
+static int pack_th(const float *src, AVFrame *frame, int channels,
+                   enum THHostLayout layout)
 {
     int step = is_rgb32_th(frame_format_th(frame)) ? 4 : channels;
     int64_t width = frame->width, plane = width * frame->height;
@@ -932,6 +982,16 @@ static int pack_th(const float *src, AVFrame *frame, int channels)
             uint8_t *dst = frame->data[0] + y * frame->linesize[0];
             if (channels == 1) {
                 found |= quantize_row_th(src + y * width, dst, width);
+                continue;
+            }
+            if (layout == TH_HOST_INTERLEAVED) {
+                const float *row = src + y * width * channels;
+                if (step == 4) {
+                    found |= quantize_row_th(row, &rows[0], width * channels);
+                    add_fourth_byte_th(&rows[0], dst, width);
+                } else {
+                    found |= quantize_row_th(row, dst, width * channels);
+                }
                 continue;
             }
             for (int c = 0; c < channels; c++)
@@ -950,8 +1010,10 @@ static int pack_th(const float *src, AVFrame *frame, int channels)
  */
 static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
 {
-    if (packed_on_host_th(frame, dst)) {
-        unpack_th(frame, dst.data_ptr<float>(), dst.size(0));
+    enum THHostLayout layout = packed_on_host_th(frame, dst);
+
+    if (layout != TH_HOST_NONE) {
+        unpack_th(frame, dst.data_ptr<float>(), dst.size(0), layout);
         return;
     }
     dst.copy_(frame_region_th(frame, dst.size(0), 0, 0, frame->width, frame->height, 0));
@@ -966,10 +1028,12 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
 {
     enum AVPixelFormat fmt = frame_format_th(frame);
     int channels = format_channels_th(fmt);
+    enum THHostLayout layout;
     torch::Tensor values, plane;
 
-    if (packed_on_host_th(frame, src))
-        return pack_th(src.data_ptr<float>(), frame, channels);
+    layout = packed_on_host_th(frame, src);
+    if (layout != TH_HOST_NONE)
+        return pack_th(src.data_ptr<float>(), frame, channels, layout);
     if (src.size(0) == 3 && channels == 1 && is_yuv_th(fmt))
         return rgb_to_yuv_frame_th(src, frame, nan_flag);
 
@@ -1260,6 +1324,12 @@ static void fill_analytics_slot_th(const THModel *th_model,
                   th_model->ctx->torch_option.letterbox);
 }
 
+static torch::MemoryFormat input_layout_th(const THModel *th_model)
+{
+    return th_model->channels_last ? torch::MemoryFormat::ChannelsLast
+                                   : torch::MemoryFormat::Contiguous;
+}
+
 /**
  * Fill the request's batch and run the model on it; the failure, if any, in
  * request->status.
@@ -1283,9 +1353,11 @@ static void run_request_th(THRequestItem *request)
                                            .device(frame_device_th(first));
         input_size_th(th_model, first, &width, &height);
         std::vector<int64_t> shape = { batch, th_model->nb_channels, height, width };
+        torch::MemoryFormat layout = input_layout_th(th_model);
         if (!request->input->defined() || request->input->sizes() != shape ||
-            request->input->device() != options.device())
-            *request->input = torch::empty(shape, options);
+            request->input->device() != options.device() ||
+            !request->input->is_contiguous(layout))
+            *request->input = torch::empty(shape, options.memory_format(layout));
         for (int i = 0; i < request->nb_lltasks; i++) {
             torch::Tensor slot = (*request->input)[i];
             if (analytics)
@@ -1355,7 +1427,11 @@ static void run_request_th(THRequestItem *request)
         /* Frames go back where they came from; detections to the filter. */
         torch::Device dest = analytics ? torch::Device(torch::kCPU)
                                        : frame_device_th(first);
-        *request->output = to_device_th(th_model, out.to(torch::kFloat32), dest).contiguous();
+        /* Frames are written in the layout the model returns; detectors
+         * and classifiers read theirs as plain arrays. */
+        out = to_device_th(th_model, out.to(torch::kFloat32), dest);
+        *request->output = out.contiguous(analytics ? torch::MemoryFormat::Contiguous
+                                                    : out.suggest_memory_format());
     } catch (const std::exception &e) {
         av_log(ctx, AV_LOG_ERROR, "The model failed on an input of shape %s: %s%s\n",
                c10::str(request->input->sizes()).c_str(), error_reason(ctx, e).c_str(),
@@ -1667,9 +1743,11 @@ static int probe_forward_th(THModel *th_model, int channels, int height,
 
     try {
         c10::InferenceMode guard;
+        /* zeros() would not take the layout: empty() does. */
         torch::jit::IValue result = th_model->net->forward(
-            torch::zeros({ batch, channels, height, width },
-                         torch::TensorOptions().device(*th_model->device)));
+            torch::empty({ batch, channels, height, width },
+                         torch::TensorOptions().device(*th_model->device)
+                                               .memory_format(input_layout_th(th_model))).zero_());
         if (select_output_th(th_model, result, reason) < 0)
             return AVERROR(EINVAL);
         if (!result.isTensor()) {
@@ -1715,6 +1793,39 @@ static int check_normalization_th(const THModel *th_model)
 }
 
 /**
+ * Probe as probe_forward_th() does, on channels-last zeros first where the
+ * model may take them, then on contiguous ones: a model whose code needs a
+ * contiguous input (a .view() of it) fails on channels-last.  The layout
+ * that runs is kept for the frames.
+ */
+static int probe_layout_th(THModel *th_model, int channels, int height, int width,
+                           std::vector<int64_t> &out, std::string &reason)
+{
+    int ret;
+
+    th_model->channels_last = !th_model->net->fixed_batch() && channels > 1;
+    ret = probe_forward_th(th_model, channels, height, width, out, reason);
+    if (ret != AVERROR_EXTERNAL || !th_model->channels_last)
+        return ret;
+    th_model->channels_last = 0;
+    ret = probe_forward_th(th_model, channels, height, width, out, reason);
+    if (ret >= 0)
+        av_log(th_model->ctx, AV_LOG_VERBOSE, "The model does not run on "
+               "channels-last input; giving it contiguous input.\n");
+    return ret;
+}
+
+/** Keep the probe's output shape for get_output on the same size. */
+static void keep_probe_th(THModel *th_model, int width, int height,
+                          const std::vector<int64_t> &shape)
+{
+    th_model->probe_width  = width;
+    th_model->probe_height = height;
+    th_model->probe_rank   = FFMIN(shape.size(), FF_ARRAY_ELEMS(th_model->probe_shape));
+    std::copy(shape.begin(), shape.begin() + th_model->probe_rank, th_model->probe_shape);
+}
+
+/**
  * TorchScript does not declare the input shape: unless the channels option
  * gives it, try the frame format's own channel count first (3 first for a
  * detector or classifier), then the other, at the size the model will get:
@@ -1733,7 +1844,7 @@ static int probe_channels_th(THModel *th_model)
     std::vector<int64_t> shape;
     std::string reason;
 
-    if (th_model->nb_channels)
+    if (th_model->probed)
         return check_normalization_th(th_model);
     if (opts->input_width) {
         width  = opts->input_width;
@@ -1741,6 +1852,15 @@ static int probe_channels_th(THModel *th_model)
     } else if (inlink && inlink->w > 0 && inlink->h > 0) {
         width  = inlink->w;
         height = inlink->h;
+    }
+    th_model->probed = 1;
+    /* Given channels: only the layout is probed.  A failure here is
+     * reported where the model runs next, with its shapes. */
+    if (th_model->nb_channels) {
+        if (probe_layout_th(th_model, th_model->nb_channels, height, width, shape,
+                            reason) >= 0)
+            keep_probe_th(th_model, width, height, shape);
+        return check_normalization_th(th_model);
     }
     /* Detectors and classifiers are taken to want colour where both work;
      * the same frames in memory and on the GPU get the same choice. */
@@ -1752,13 +1872,9 @@ static int probe_channels_th(THModel *th_model)
         std::string why;
         /* A model that runs takes c channels, whatever it returns: its
          * output is checked where it is used. */
-        if (probe_forward_th(th_model, c, height, width, shape, why) != AVERROR_EXTERNAL) {
+        if (probe_layout_th(th_model, c, height, width, shape, why) != AVERROR_EXTERNAL) {
             th_model->nb_channels = c;
-            th_model->probe_width  = width;
-            th_model->probe_height = height;
-            th_model->probe_rank   = FFMIN(shape.size(), FF_ARRAY_ELEMS(th_model->probe_shape));
-            std::copy(shape.begin(), shape.begin() + th_model->probe_rank,
-                      th_model->probe_shape);
+            keep_probe_th(th_model, width, height, shape);
             av_log(ctx, AV_LOG_VERBOSE, "Probed model input: %d channel%s, on "
                    "%dx%d zeros%s%s%s.\n", c, c > 1 ? "s" : "", width, height,
                    format != AV_PIX_FMT_NONE ? ", tried first for " : "",
