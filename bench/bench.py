@@ -120,12 +120,20 @@ def peer_difference(model, onnx_model, w, h):
         return None
 
 
-def run_forward(model, w, h, batch):
-    iterations = max(3, FRAMES // (4 * batch))
-    out = subprocess.run([FORWARD, model, "3", str(h), str(w), str(batch), str(THREADS),
-                          str(OURS_OPTIMIZE), str(iterations)],
+def run_forward(model, w, h, batch, threads=THREADS, layout="contiguous", streams=1):
+    iterations = max(3, FRAMES // (4 * batch * streams))
+    out = subprocess.run([FORWARD, model, "3", str(h), str(w), str(batch), str(threads),
+                          str(OURS_OPTIMIZE), str(iterations), "cpu", layout, str(streams)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
     return float(out.stdout.decode().strip().split("=")[1])
+
+
+# The limit is the best bare forward() over what the filter may do: the
+# input's layout, and all threads on one call or one thread on each of
+# several calls at once (requests in flight).
+LIMIT_SETUPS = [(layout, threads, THREADS // threads)
+                for layout in ("contiguous", "channels_last")
+                for threads in sorted({THREADS, 1})]
 
 
 def main(outdir):
@@ -171,10 +179,14 @@ def main(outdir):
             if error:
                 row["error"] = error
             rows.append(row)
-        for batch in (1, 4):
+        for layout, threads, streams in LIMIT_SETUPS:
             rows.append({"case": case, "impl": "forward",
-                         "config": "batch=%d:threads=%d:optimize=%d" % (batch, THREADS, OURS_OPTIMIZE),
-                         "fps": round(run_forward(model, w, h, batch), 2), "peak_rss_kb": None})
+                         "config": "batch=1:%s:threads=%d:streams=%d" % (layout, threads, streams),
+                         "fps": round(run_forward(model, w, h, 1, threads, layout, streams), 2),
+                         "peak_rss_kb": None})
+        rows.append({"case": case, "impl": "forward",
+                     "config": "batch=4:contiguous:threads=%d:streams=1" % THREADS,
+                     "fps": round(run_forward(model, w, h, 4), 2), "peak_rss_kb": None})
         if package:
             rows.append({"case": case, "impl": "forward .pt2",
                          "config": "batch=1:threads=%d" % THREADS,
@@ -200,8 +212,11 @@ def report(case, rows):
 
     ours = [r for r in rows if r["impl"].startswith("ours") and r["fps"]]
     best = max(ours, key=lambda r: r["fps"]) if ours else None
-    up0, up1, fwd = fps("upstream", "async=0"), fps("upstream", "async=1"), \
-        fps("forward", "batch=1:threads=%d:optimize=%d" % (THREADS, OURS_OPTIMIZE))
+    up0, up1 = fps("upstream", "async=0"), fps("upstream", "async=1")
+    limits = [r for r in rows if r["impl"] == "forward" and r["fps"] and
+              r["config"].startswith("batch=1:")]
+    limit = max(limits, key=lambda r: r["fps"]) if limits else None
+    fwd = limit["fps"] if limit else None
     print("\n%s" % case)
     print("  %-12s %-30s %8s %10s" % ("impl", "config", "fps", "peak MiB"))
     for r in rows:
@@ -210,9 +225,10 @@ def report(case, rows):
         print("  %-12s %-30s %s %s %s" % (r["impl"], r["config"], speed, rss, r.get("error", "")))
     if best and up0 and fwd:
         print("  best ours (%s %s): %.2fx upstream async=0, %s upstream async=1, "
-              "%.2fx bare forward" % (best["impl"], best["config"], best["fps"] / up0,
-                                      "%.2fx" % (best["fps"] / up1) if up1 else "n/a (it failed)",
-                                      best["fps"] / fwd))
+              "%.2fx the limit (bare forward, %s)" % (
+                  best["impl"], best["config"], best["fps"] / up0,
+                  "%.2fx" % (best["fps"] / up1) if up1 else "n/a (it failed)",
+                  best["fps"] / fwd, limit["config"]))
         d1, d0 = fps("ours", "default"), fps("ours", "async=0")
         if d1 and d0:
             print("  ours default / ours async=0: %.2fx" % (d1 / d0))
