@@ -36,7 +36,7 @@ def identity_gives_rgb24_back_bitexact():
 
 @test
 def identity_is_bitexact_at_odd_sizes():
-    # Rows that are no multiple of the 16 samples converted at a time.
+    # Rows of an odd number of pixels, which vector code gets wrong first.
     for fmt in ("rgb24", "bgr24", "rgba", "bgr0", "gray"):
         for size in ("37x23", "17x3", "2x2"):
             src = raw_frames(size, 2, fmt)

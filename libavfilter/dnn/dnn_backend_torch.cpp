@@ -67,9 +67,6 @@ extern "C" {
 #endif
 /* CUDA frames need LibTorch 2.4, the oldest checked with this code. */
 #define TH_CUDA_FRAMES (HAVE_LIBTORCH_CUDA && TH_LIBTORCH_AT_LEAST(2, 4))
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 #if TH_CUDA_FRAMES
 /* Only what c10_cuda exports: the CUDA runtime is not linked directly. */
 #include <c10/core/StreamGuard.h>
@@ -173,6 +170,8 @@ typedef struct THRequestItem {
     /** Batch input, reused while the frame size stays the same. */
     torch::Tensor *input;
     torch::Tensor *output;
+    /** Samples of an output frame before they are stored, reused. */
+    torch::Tensor *scratch;
     /** Frames in the forward call: nb_lltasks, or batch_size for a package. */
     int64_t batch;
     /** Set by th_start_inference(), read by the completion callback. */
@@ -515,9 +514,23 @@ static torch::Tensor samples_th(const torch::Tensor &plane, int depth)
 
 /** Store sample values (float) into a wrapped plane, rounded and clamped. */
 static void store_samples_th(const torch::Tensor &plane, const torch::Tensor &values,
-                             int depth)
+                             int depth, double scale = 1.0,
+                             torch::Tensor *scratch = nullptr)
 {
-    torch::Tensor q = values.round().clamp_(0.0, (1 << depth) - 1);
+    /* One temporary, rounded and clamped in place: on the host, the
+     * caller's if it keeps one, so that a frame does not fault in fresh
+     * pages (GPU memory comes from LibTorch's caching allocator). */
+    torch::Tensor q;
+
+    if (scratch && values.device().is_cpu()) {
+        if (!scratch->defined())
+            *scratch = torch::empty({ 0 }, values.options());
+        q = *scratch;
+        at::mul_out(q, values, at::scalar_tensor(scale, values.options()));
+    } else {
+        q = values * scale;
+    }
+    q.round_().clamp_(0.0, (1 << depth) - 1);
 
     if (plane.scalar_type() == torch::kInt16)
         q = q.to(torch::kInt32).bitwise_left_shift(16 - depth).to(torch::kInt16);
@@ -774,16 +787,13 @@ static void pass_chroma_th(const AVFrame *in, AVFrame *out)
 }
 
 /*
- * 8-bit packed and gray frames in host memory, the common CPU case, in one
- * pass each way, split over LibTorch's threads: through torch ops the same
- * conversion takes five passes over the frame on the way out, two on the
- * way in.  The arithmetic is that of the torch ops (a division by 255 in
- * float; a multiplication, clamping and rounding half to even), so both give
- * the same bytes; CUDA frames take the torch ops.  A channels-last batch
- * (see THModel.channels_last) is in the frame's own pixel order, so packed
- * RGB rows convert as they lie.  FFmpeg compiles without auto-vectorisation
- * on GCC before 13, so the rows are converted with SSE2, the x86-64
- * baseline, where it exists.
+ * 8-bit packed RGB, gray and Y planes in host memory, the common CPU case,
+ * are read in one pass over rows split between LibTorch's threads, through
+ * a table that holds sample / 255.0f (the value the torch ops give).  A
+ * channels-last batch (see THModel.channels_last) is in the frame's own
+ * pixel order, so a packed row is read as it lies.  Plain C, which the
+ * compiler may vectorise; the way out takes ATen's vectorised kernels (see
+ * tensor_to_frame_th()).
  */
 
 enum THHostLayout {
@@ -810,198 +820,43 @@ static enum THHostLayout packed_on_host_th(const AVFrame *frame, const torch::Te
     return TH_HOST_NONE;
 }
 
-/** n samples to floats in [0, 1]. */
-static void dequantize_row_th(const uint8_t *src, float *dst, int n)
+/** Samples 0 to 255 as floats in [0, 1], as sample / 255.0f gives them. */
+static const float *dequantize_table_th(void)
 {
-    int x = 0;
-#if defined(__SSE2__)
-    const __m128i zero = _mm_setzero_si128();
-    const __m128 max = _mm_set1_ps(255.0f);
-
-    for (; x + 16 <= n; x += 16) {
-        __m128i b = _mm_loadu_si128((const __m128i *)(src + x));
-        __m128i w[2] = { _mm_unpacklo_epi8(b, zero), _mm_unpackhi_epi8(b, zero) };
-        for (int k = 0; k < 2; k++) {
-            __m128i lo = _mm_unpacklo_epi16(w[k], zero), hi = _mm_unpackhi_epi16(w[k], zero);
-            _mm_storeu_ps(dst + x + 8 * k,     _mm_div_ps(_mm_cvtepi32_ps(lo), max));
-            _mm_storeu_ps(dst + x + 8 * k + 4, _mm_div_ps(_mm_cvtepi32_ps(hi), max));
-        }
-    }
-#endif
-    for (; x < n; x++)
-        dst[x] = src[x] / 255.0f;
-}
-
-/**
- * n floats to samples: times 255, clamped to [0, 255] (NaN to 0), rounded
- * half to even.
- * @return whether src held NaN
- */
-static int quantize_row_th(const float *src, uint8_t *dst, int n)
-{
-    int x = 0, nan = 0;
-#if defined(__SSE2__)
-    const __m128 scale = _mm_set1_ps(255.0f), zero = _mm_setzero_ps();
-    __m128 unordered = _mm_setzero_ps();
-
-    /* max(v, 0) is 0 for NaN; the conversion rounds half to even. */
-    for (; x + 16 <= n; x += 16) {
-        __m128i q[4];
-        for (int k = 0; k < 4; k++) {
-            __m128 v = _mm_mul_ps(_mm_loadu_ps(src + x + 4 * k), scale);
-            unordered = _mm_or_ps(unordered, _mm_cmpunord_ps(v, v));
-            q[k] = _mm_cvtps_epi32(_mm_min_ps(_mm_max_ps(v, zero), scale));
-        }
-        _mm_storeu_si128((__m128i *)(dst + x),
-                         _mm_packus_epi16(_mm_packs_epi32(q[0], q[1]),
-                                          _mm_packs_epi32(q[2], q[3])));
-    }
-    nan = _mm_movemask_ps(unordered) != 0;
-#endif
-    for (; x < n; x++) {
-        float v = src[x] * 255.0f;
-        nan |= v != v;
-        v = v > 0.0f ? v : 0.0f;
-        v = v < 255.0f ? v : 255.0f;
-        dst[x] = (uint8_t)std::nearbyint(v);
-    }
-    return nan;
-}
-
-/*
- * Three channel rows to packed pixels of step bytes (3 or 4) and back, four
- * bytes at a time; the fourth byte of a 4-byte pixel is written as 255 and
- * set by the caller.
- */
-static void interleave_th(const uint8_t *c0, const uint8_t *c1, const uint8_t *c2,
-                          uint8_t *dst, int64_t width, int step)
-{
-    int64_t x = 0;
-
-    if (step == 4) {
-        for (; x < width; x++)
-            AV_WL32(dst + 4 * x, c0[x] | c1[x] << 8 | c2[x] << 16 | 0xFFu << 24);
-        return;
-    }
-    for (; x + 4 <= width; x += 4, dst += 12) {
-        AV_WL32(dst,     c0[x]     | c1[x]     << 8 | c2[x]     << 16 | (uint32_t)c0[x + 1] << 24);
-        AV_WL32(dst + 4, c1[x + 1] | c2[x + 1] << 8 | c0[x + 2] << 16 | (uint32_t)c1[x + 2] << 24);
-        AV_WL32(dst + 8, c2[x + 2] | c0[x + 3] << 8 | c1[x + 3] << 16 | (uint32_t)c2[x + 3] << 24);
-    }
-    for (; x < width; x++, dst += 3) {
-        dst[0] = c0[x];
-        dst[1] = c1[x];
-        dst[2] = c2[x];
-    }
-}
-
-static void deinterleave_th(const uint8_t *src, uint8_t *c0, uint8_t *c1, uint8_t *c2,
-                            int64_t width, int step)
-{
-    int64_t x = 0;
-
-    if (step == 4) {
-        for (; x < width; x++) {
-            uint32_t p = AV_RL32(src + 4 * x);
-            c0[x] = p;
-            c1[x] = p >> 8;
-            c2[x] = p >> 16;
-        }
-        return;
-    }
-    for (; x + 4 <= width; x += 4, src += 12) {
-        uint32_t a = AV_RL32(src), b = AV_RL32(src + 4), c = AV_RL32(src + 8);
-        c0[x] = a;          c1[x] = a >> 8;      c2[x] = a >> 16;
-        c0[x + 1] = a >> 24; c1[x + 1] = b;      c2[x + 1] = b >> 8;
-        c0[x + 2] = b >> 16; c1[x + 2] = b >> 24; c2[x + 2] = c;
-        c0[x + 3] = c >> 8;  c1[x + 3] = c >> 16; c2[x + 3] = c >> 24;
-    }
-    for (; x < width; x++, src += 3) {
-        c0[x] = src[0];
-        c1[x] = src[1];
-        c2[x] = src[2];
-    }
-}
-
-/** Packed pixels of step bytes to pixels of their first 3 bytes, and back. */
-static void drop_fourth_byte_th(const uint8_t *src, uint8_t *dst, int64_t width)
-{
-    for (int64_t x = 0; x < width; x++)
-        for (int c = 0; c < 3; c++)
-            dst[3 * x + c] = src[4 * x + c];
-}
-
-static void add_fourth_byte_th(const uint8_t *src, uint8_t *dst, int64_t width)
-{
-    for (int64_t x = 0; x < width; x++)
-        AV_WL32(dst + 4 * x, src[3 * x] | src[3 * x + 1] << 8 | src[3 * x + 2] << 16 | 0xFFu << 24);
+    static const std::vector<float> table = [] {
+        std::vector<float> t(256);
+        for (int i = 0; i < 256; i++)
+            t[i] = i / 255.0f;
+        return t;
+    }();
+    return table.data();
 }
 
 static void unpack_th(const AVFrame *frame, float *dst, int channels,
                       enum THHostLayout layout)
 {
+    const float *table = dequantize_table_th();
     int step = is_rgb32_th(frame_format_th(frame)) ? 4 : channels;
     int64_t width = frame->width, plane = width * frame->height;
+    /* Where sample c of pixel x of a row goes: interleaved or planar. */
+    int64_t pixel = layout == TH_HOST_INTERLEAVED ? channels : 1;
+    int64_t channel = layout == TH_HOST_INTERLEAVED ? 1 : plane;
+    int64_t row = layout == TH_HOST_INTERLEAVED ? width * channels : width;
 
     at::parallel_for(0, frame->height, 16, [&](int64_t begin, int64_t end) {
-        std::vector<uint8_t> rows(channels > 1 ? channels * width : 0);
         for (int64_t y = begin; y < end; y++) {
             const uint8_t *src = frame->data[0] + y * frame->linesize[0];
-            if (channels == 1) {
-                dequantize_row_th(src, dst + y * width, width);
+            float *out = dst + y * row;
+            if (step == channels && pixel == channels) {
+                for (int64_t i = 0; i < width * channels; i++)
+                    out[i] = table[src[i]];
                 continue;
             }
-            /* Channels-last: a packed row in its own order. */
-            if (layout == TH_HOST_INTERLEAVED) {
-                if (step == 4) {
-                    drop_fourth_byte_th(src, &rows[0], width);
-                    src = &rows[0];
-                }
-                dequantize_row_th(src, dst + y * width * channels, width * channels);
-                continue;
-            }
-            deinterleave_th(src, &rows[0], &rows[width], &rows[2 * width], width, step);
-            for (int c = 0; c < channels; c++)
-                dequantize_row_th(&rows[c * width], dst + c * plane + y * width, width);
+            for (int64_t x = 0; x < width; x++)
+                for (int c = 0; c < channels; c++)
+                    out[x * pixel + c * channel] = table[src[x * step + c]];
         }
     });
-}
-
-/** @return 1 if src holds NaN, 0 otherwise */
-static int pack_th(const float *src, AVFrame *frame, int channels,
-                   enum THHostLayout layout)
-{
-    int step = is_rgb32_th(frame_format_th(frame)) ? 4 : channels;
-    int64_t width = frame->width, plane = width * frame->height;
-    std::atomic<int> nan{ 0 };
-
-    at::parallel_for(0, frame->height, 16, [&](int64_t begin, int64_t end) {
-        std::vector<uint8_t> rows(channels > 1 ? channels * width : 0);
-        int found = 0;
-        for (int64_t y = begin; y < end; y++) {
-            uint8_t *dst = frame->data[0] + y * frame->linesize[0];
-            if (channels == 1) {
-                found |= quantize_row_th(src + y * width, dst, width);
-                continue;
-            }
-            if (layout == TH_HOST_INTERLEAVED) {
-                const float *row = src + y * width * channels;
-                if (step == 4) {
-                    found |= quantize_row_th(row, &rows[0], width * channels);
-                    add_fourth_byte_th(&rows[0], dst, width);
-                } else {
-                    found |= quantize_row_th(row, dst, width * channels);
-                }
-                continue;
-            }
-            for (int c = 0; c < channels; c++)
-                found |= quantize_row_th(src + c * plane + y * width, &rows[c * width], width);
-            interleave_th(&rows[0], &rows[width], &rows[2 * width], dst, width, step);
-        }
-        if (found)
-            nan = 1;
-    });
-    return nan;
 }
 
 /**
@@ -1024,20 +879,18 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
  * @return 1 if src holds NaN (the frame is then not usable), 0 otherwise
  */
 static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
-                              torch::Tensor *nan_flag)
+                              torch::Tensor *nan_flag, torch::Tensor *scratch)
 {
     enum AVPixelFormat fmt = frame_format_th(frame);
     int channels = format_channels_th(fmt);
-    enum THHostLayout layout;
     torch::Tensor values, plane;
 
-    layout = packed_on_host_th(frame, src);
-    if (layout != TH_HOST_NONE)
-        return pack_th(src.data_ptr<float>(), frame, channels, layout);
     if (src.size(0) == 3 && channels == 1 && is_yuv_th(fmt))
         return rgb_to_yuv_frame_th(src, frame, nan_flag);
 
-    /* One plane: gray, Y, or packed RGB in its memory order. */
+    /* One plane: gray, Y, or packed RGB in its memory order, through
+     * ATen's vectorised kernels; a channels-last output is in the frame's
+     * own pixel order. */
     values = src.permute({ 1, 2, 0 });
     if (has_nan_th(values, nan_flag))
         return 1;
@@ -1047,7 +900,7 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
     }
     plane = frame_plane_th(frame, 0, frame->height, frame->width, channels,
                            sample_type_th(fmt), is_rgb32_th(fmt) ? 4 : 0);
-    store_samples_th(plane, values * ((1 << depth_th(fmt)) - 1), depth_th(fmt));
+    store_samples_th(plane, values, depth_th(fmt), (1 << depth_th(fmt)) - 1, scratch);
     return 0;
 }
 
@@ -1234,6 +1087,7 @@ static void destroy_request_item_th(THRequestItem **arg)
         av_freep(&item->lltasks[i]);
     delete item->input;
     delete item->output;
+    delete item->scratch;
     av_freep(arg);
 }
 
@@ -1519,7 +1373,7 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out,
     }
     try {
         const AVFrame *in = request->lltasks[index]->task->in_frame;
-        if (tensor_to_frame_th(result, out, nan_flag)) {
+        if (tensor_to_frame_th(result, out, nan_flag, request->scratch)) {
             av_log(ctx, AV_LOG_ERROR, "The model returned NaN; check its "
                    "weights and that it expects input in [0, 1].\n");
             return AVERROR(EINVAL);
@@ -2652,6 +2506,7 @@ static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
         try {
             item->input = new torch::Tensor();
             item->output = new torch::Tensor();
+            item->scratch = new torch::Tensor();
         } catch (const std::exception &e) {
             goto fail;
         }
