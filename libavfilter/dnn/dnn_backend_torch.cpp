@@ -1976,6 +1976,22 @@ static bool unsafe_record_th(const std::string &record)
     return false;
 }
 
+/** The file name of a package model's compiled library; empty if it has none. */
+static std::string package_library_th(const std::vector<std::string> &records,
+                                      const std::string &name)
+{
+    const std::string prefix = "data/aotinductor/" + name + "/";
+
+    for (const std::string &record : records) {
+        size_t dot = record.rfind('.');
+        std::string ext = dot == std::string::npos ? "" : record.substr(dot);
+        if (!record.compare(0, prefix.size(), prefix) &&
+            (ext == ".so" || ext == ".dylib" || ext == ".dll" || ext == ".pyd"))
+            return record.substr(prefix.size());
+    }
+    return "";
+}
+
 /**
  * LibTorch's package loader trusts the archive: it writes each entry under a
  * temporary folder by its name, and compiles a model that comes as source.
@@ -1995,16 +2011,7 @@ static int check_package_th(DnnContext *ctx, const std::vector<std::string> &rec
         }
     }
     for (const std::string &name : package_models_th(records)) {
-        std::string prefix = "data/aotinductor/" + name + "/";
-        bool compiled = false;
-
-        for (const std::string &record : records) {
-            size_t dot = record.rfind('.');
-            std::string ext = dot == std::string::npos ? "" : record.substr(dot);
-            compiled |= !record.compare(0, prefix.size(), prefix) &&
-                        (ext == ".so" || ext == ".dylib" || ext == ".dll" || ext == ".pyd");
-        }
-        if (!compiled) {
+        if (package_library_th(records, name).empty()) {
             av_log(ctx, AV_LOG_ERROR, "The model '%s' of the package '%s' has no "
                    "compiled library: the backend does not compile packages. "
                    "Make it with torch._inductor.aoti_compile_and_package().\n",
@@ -2085,6 +2092,9 @@ static std::set<std::string> package_folders_th(const std::string &name,
 {
     const std::string model_file = "/data/aotinductor/" + name + "/" + library;
     std::set<std::string> found;
+
+    if (library.empty())
+        return found;
     DIR *tmp = opendir("/tmp");
     struct dirent *entry;
 
@@ -2177,7 +2187,8 @@ static int package_shape_th(const char *path, const std::string &name,
 }
 #endif
 
-static int load_package_th(THModel *th_model, const std::vector<std::string> &names)
+static int load_package_th(THModel *th_model, const std::vector<std::string> &records,
+                           const std::vector<std::string> &names)
 {
     DnnContext *ctx = th_model->ctx;
     const char *path = ctx->model_filename;
@@ -2205,14 +2216,8 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
     std::set<std::string> folders;
     std::string library;
     try {
-        for (const std::string &record : archive_records_th(path)) {
-            std::string prefix = "data/aotinductor/" + name + "/";
-            if (!record.compare(0, prefix.size(), prefix) && record.size() > 3 &&
-                !record.compare(record.size() - 3, 3, ".so"))
-                library = record.substr(prefix.size());
-        }
-        if (!library.empty())
-            folders = package_folders_th(name, library);
+        library = package_library_th(records, name);
+        folders = package_folders_th(name, library);
         std::unordered_map<std::string, std::string> meta =
             torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, name);
         std::string built = meta.count("AOTI_DEVICE_KEY") ? meta["AOTI_DEVICE_KEY"] : "cpu";
@@ -2239,8 +2244,7 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &na
                "A package runs with the PyTorch version that compiled it (this "
                "is LibTorch %s).\n", path, error_reason(ctx, e).c_str(), TORCH_VERSION);
         try {
-            for (const std::string &dir : library.empty() ? std::set<std::string>() :
-                                          package_folders_th(name, library)) {
+            for (const std::string &dir : package_folders_th(name, library)) {
                 if (!folders.count(dir))
                     nftw(dir.c_str(), remove_entry_th, 16, FTW_DEPTH | FTW_PHYS);
             }
@@ -2337,7 +2341,7 @@ static int load_net_th(THModel *th_model)
 {
     DnnContext *ctx = th_model->ctx;
     const char *device_name = ctx->device ? ctx->device : "cpu";
-    std::vector<std::string> packaged;
+    std::vector<std::string> records, packaged;
     int ret;
 
     try {
@@ -2389,7 +2393,7 @@ static int load_net_th(THModel *th_model)
     if (ret < 0)
         return ret;
     try {
-        std::vector<std::string> records = archive_records_th(ctx->model_filename);
+        records = archive_records_th(ctx->model_filename);
         ret = check_archive_th(ctx, records);
         if (ret < 0)
             return ret;
@@ -2398,7 +2402,7 @@ static int load_net_th(THModel *th_model)
         return AVERROR(ENOMEM);
     }
     if (!packaged.empty())
-        return load_package_th(th_model, packaged);
+        return load_package_th(th_model, records, packaged);
     if (ctx->torch_option.model_name)
         av_log(ctx, AV_LOG_WARNING, "model_name applies to AOTInductor packages; "
                "'%s' is not one.\n", ctx->model_filename);
