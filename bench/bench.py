@@ -8,8 +8,10 @@ The peer, when ONNX_FFMPEG names an FFmpeg built with its own ONNX Runtime
 backend, runs the same models exported to ONNX.
 
 Frames per second are taken from ffmpeg's own progress reports, between the
-10th frame and the last, so that loading the model does not count.  Peak RSS
-is the process's own high-water mark (VmHWM).  Writes OUTDIR/results.json.
+10th frame and the last, so that loading the model does not count; time to
+first frame is from the start of the process to the first progress report
+that counts a frame.  Peak RSS is the process's own high-water mark (VmHWM).
+Writes OUTDIR/results.json.
 """
 
 import json
@@ -29,13 +31,22 @@ UPSTREAM = os.environ["UPSTREAM_FFMPEG"]
 FORWARD = os.environ["FORWARD"]
 MODELS = os.environ["MODELS"]
 ONNX = os.environ.get("ONNX_FFMPEG")
-FRAMES = int(os.environ.get("BENCH_FRAMES", "200"))
+# BENCH_SCALE scales every case's frame count (0.25 for a quick look).
+SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 THREADS = os.cpu_count()
 
+# (case, model, width, height, frames).  Besides the three models written
+# for this bench, published architectures with random weights
+# (tests/models.py), at sizes where a 2-core machine runs a case in about
+# 10 seconds.
 CASES = [
-    ("conv3-640x360", "conv3", 640, 360),
-    ("affine-1920x1080", "affine", 1920, 1080),
-    ("upx2-960x540", "upx2", 960, 540),
+    ("conv3-640x360", "conv3", 640, 360, 200),
+    ("affine-1920x1080", "affine", 1920, 1080, 200),
+    ("upx2-960x540", "upx2", 960, 540, 200),
+    ("conv16-640x360", "conv16", 640, 360, 120),
+    ("upx2_5x5-960x540", "upx2_5x5", 960, 540, 60),
+    ("espcn_x3-320x180", "espcn_x3", 320, 180, 60),
+    ("realesr_compact_x4-160x90", "realesr_compact_x4", 160, 90, 30),
 ]
 UPSTREAM_CONFIGS = ["async=0", "async=1"]
 OURS_CONFIGS = ["", "async=0", "async=1:nireq=1", "async=1:nireq=2", "async=1:nireq=4",
@@ -50,13 +61,30 @@ OURS_OPTIMIZE = 0
 ONNX_CONFIG = "async=0:input=x:output=y"
 
 
-def run_ffmpeg(binary, model, w, h, config, backend="torch"):
+def run_ffmpeg(binary, model, w, h, config, frames, backend="torch"):
     vf = "format=rgb24,dnn_processing=dnn_backend=%s:model=%s" % (backend, model)
     if config:
         vf += ":" + config
-    # One frame, repeated: the source costs nothing next to the filter.
-    src = "testsrc2=s=%dx%d:r=25,trim=end_frame=1,loop=loop=-1:size=1" % (w, h)
-    return measure([binary, "-f", "lavfi", "-i", src, "-vf", vf], FRAMES)
+    return measure([binary, "-f", "lavfi", "-i", source(w, h), "-vf", vf], frames)
+
+
+def source(w, h):
+    """One frame, repeated: the source costs nothing next to the filter."""
+    return "testsrc2=s=%dx%d:r=25,trim=end_frame=1,loop=loop=-1:size=1" % (w, h)
+
+
+def start_cost(binary):
+    """Seconds and peak KiB of a 1-frame job through no DNN filter: what
+    linking the binary's DNN runtime costs every ffmpeg run."""
+    best = None
+    for _ in range(5):
+        t = time.monotonic()
+        _, rss, error, _ = measure([binary, "-f", "lavfi", "-i", source(64, 48), "-vf", "null"], 1)
+        t = time.monotonic() - t
+        if error:
+            return None, rss
+        best = min(best or t, t)
+    return best, rss
 
 
 def high_water_kb(pid):
@@ -74,7 +102,8 @@ def high_water_kb(pid):
 
 def measure(args, frames):
     """Run ffmpeg with args (inputs and filters) for frames frames to the null
-    muxer: (fps after the 10th frame, peak RSS in KiB, error or None).
+    muxer: (fps after the 10th frame, peak RSS in KiB, error or None, seconds
+    to the first frame).
 
     The peak is read from /proc while ffmpeg runs, at each progress report
     (the last comes after the last frame): the rusage of wait4 would not do,
@@ -84,24 +113,29 @@ def measure(args, frames):
     cmd = [args[0], "-nostdin", "-hide_banner", "-loglevel", "error"] + args[1:] + \
         ["-frames:v", str(frames), "-progress", "pipe:1", "-stats_period", "0.05",
          "-f", "null", "-"]
+    start = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    first = last = None
+    first = last = ttff = None
     rss = 0
     for line in p.stdout:
         line = line.decode().strip()
         if line.startswith("frame="):
             n, t = int(line[6:]), time.monotonic()
-            if first is None and n >= 10:
+            if ttff is None and n >= 1:
+                ttff = t - start
+            if first is None and n >= min(10, frames):
                 first = (n, t)
             last = (n, t)
         rss = max(rss, high_water_kb(p.pid))
     err = p.stderr.read().decode()
     _, status, _ = os.wait4(p.pid, 0)
     if os.WIFSIGNALED(status):
-        return None, rss, "killed by signal %d" % os.WTERMSIG(status)
-    if status != 0 or not first or last[0] != frames or last[1] <= first[1]:
-        return None, rss, "failed: " + (err.strip().splitlines() or ["?"])[-1]
-    return (last[0] - first[0]) / (last[1] - first[1]), rss, None
+        return None, rss, "killed by signal %d" % os.WTERMSIG(status), ttff
+    if status != 0 or not first or last[0] != frames:
+        return None, rss, "failed: " + (err.strip().splitlines() or ["?"])[-1], ttff
+    if last[1] <= first[1]:
+        return None, rss, None, ttff
+    return (last[0] - first[0]) / (last[1] - first[1]), rss, None, ttff
 
 
 def peer_difference(model, onnx_model, w, h):
@@ -120,8 +154,8 @@ def peer_difference(model, onnx_model, w, h):
         return None
 
 
-def run_forward(model, w, h, batch, threads=THREADS, layout="contiguous", streams=1):
-    iterations = max(3, FRAMES // (4 * batch * streams))
+def run_forward(model, w, h, frames, batch, threads=THREADS, layout="contiguous", streams=1):
+    iterations = max(3, frames // (4 * batch * streams))
     out = subprocess.run([FORWARD, model, "3", str(h), str(w), str(batch), str(threads),
                           str(OURS_OPTIMIZE), str(iterations), "cpu", layout, str(streams)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
@@ -136,61 +170,68 @@ LIMIT_SETUPS = [(layout, threads, THREADS // threads)
                 for threads in sorted({THREADS, 1})]
 
 
+def row_of(case, impl, config, result):
+    fps, rss, error, ttff = result
+    row = {"case": case, "impl": impl, "config": config or "default",
+           "fps": round(fps, 2) if fps else None, "peak_rss_kb": rss,
+           "ttff_s": round(ttff, 3) if ttff else None}
+    if error:
+        row["error"] = error
+    return row
+
+
 def main(outdir):
     os.makedirs(outdir, exist_ok=True)
     os.makedirs(MODELS, exist_ok=True)
     models.main(MODELS)
     results = []
-    print("LibTorch CPU, %d threads, %d frames per run%s" % (
-        THREADS, FRAMES, "" if ONNX else "; no ONNX peer (./configure --onnxruntime=PATH)"))
-    for case, name, w, h in CASES:
+    print("LibTorch CPU, %d threads%s" % (
+        THREADS, "" if ONNX else "; no ONNX peer (./configure --onnxruntime=PATH)"))
+    print("\nstart: a 1-frame job through no DNN filter (best of 5)")
+    for impl, binary in (("ours", FFMPEG), ("upstream", UPSTREAM), ("onnx peer", ONNX)):
+        if binary:
+            t, rss = start_cost(binary)
+            results.append({"case": "start", "impl": impl, "config": "-vf null",
+                            "wall_s": round(t, 3) if t else None, "peak_rss_kb": rss})
+            print("  %-12s %s s, %.0f MiB" % (impl, "%.3f" % t if t else "failed", rss / 1024))
+    for case, name, w, h, frames in CASES:
+        frames = max(12, int(frames * SCALE))
         model = os.path.join(MODELS, name + ".pt")
         rows = []
         for impl, binary, configs in (("upstream", UPSTREAM, UPSTREAM_CONFIGS),
                                       ("ours", FFMPEG, OURS_CONFIGS)):
             for config in configs:
-                fps, rss, error = run_ffmpeg(binary, model, w, h, config)
-                row = {"case": case, "impl": impl, "config": config or "default",
-                       "fps": round(fps, 2) if fps else None, "peak_rss_kb": rss}
-                if error:
-                    row["error"] = error
-                rows.append(row)
+                rows.append(row_of(case, impl, config,
+                                   run_ffmpeg(binary, model, w, h, config, frames)))
         package = os.path.join(MODELS, "bench-%s.pt2" % case) if harness.PACKAGES else None
         if package and (not os.path.exists(package) or
                         os.path.getmtime(package) < os.path.getmtime(models.__file__)):
             models.compile_package(name, (1, 3, h, w), (), package)
         for config in PACKAGE_CONFIGS if package else ():
-            fps, rss, error = run_ffmpeg(FFMPEG, package, w, h, config)
-            row = {"case": case, "impl": "ours .pt2", "config": config or "default",
-                   "fps": round(fps, 2) if fps else None, "peak_rss_kb": rss}
-            if error:
-                row["error"] = error
-            rows.append(row)
+            rows.append(row_of(case, "ours .pt2", config,
+                               run_ffmpeg(FFMPEG, package, w, h, config, frames)))
         if ONNX:
             onnx_model = os.path.join(MODELS, name + ".onnx")
             if not os.path.exists(onnx_model) or os.path.getmtime(onnx_model) < os.path.getmtime(models.__file__):
                 models.export_onnx(name, onnx_model)
-            fps, rss, error = run_ffmpeg(ONNX, onnx_model, w, h, ONNX_CONFIG, "onnx")
+            fps, rss, error, ttff = run_ffmpeg(ONNX, onnx_model, w, h, ONNX_CONFIG, frames, "onnx")
             diff = peer_difference(model, onnx_model, w, h)
             if diff is None or diff > 1:
                 error = "its output is not ours (largest difference %s)" % diff
-            row = {"case": case, "impl": "onnx peer", "config": "async=0",
-                   "fps": round(fps, 2) if fps and not error else None, "peak_rss_kb": rss}
-            if error:
-                row["error"] = error
-            rows.append(row)
+            rows.append(row_of(case, "onnx peer", "async=0",
+                               (None if error else fps, rss, error, ttff)))
         for layout, threads, streams in LIMIT_SETUPS:
             rows.append({"case": case, "impl": "forward",
                          "config": "batch=1:%s:threads=%d:streams=%d" % (layout, threads, streams),
-                         "fps": round(run_forward(model, w, h, 1, threads, layout, streams), 2),
+                         "fps": round(run_forward(model, w, h, frames, 1, threads, layout, streams), 2),
                          "peak_rss_kb": None})
         rows.append({"case": case, "impl": "forward",
                      "config": "batch=4:contiguous:threads=%d:streams=1" % THREADS,
-                     "fps": round(run_forward(model, w, h, 4), 2), "peak_rss_kb": None})
+                     "fps": round(run_forward(model, w, h, frames, 4), 2), "peak_rss_kb": None})
         if package:
             rows.append({"case": case, "impl": "forward .pt2",
                          "config": "batch=1:threads=%d" % THREADS,
-                         "fps": round(run_forward(package, w, h, 1), 2), "peak_rss_kb": None})
+                         "fps": round(run_forward(package, w, h, frames, 1), 2), "peak_rss_kb": None})
         results += rows
         report(case, rows)
     with open(os.path.join(outdir, "results.json"), "w") as f:
@@ -218,11 +259,13 @@ def report(case, rows):
     limit = max(limits, key=lambda r: r["fps"]) if limits else None
     fwd = limit["fps"] if limit else None
     print("\n%s" % case)
-    print("  %-12s %-30s %8s %10s" % ("impl", "config", "fps", "peak MiB"))
+    print("  %-12s %-38s %8s %10s %8s" % ("impl", "config", "fps", "peak MiB", "TTFF s"))
     for r in rows:
         rss = "%10.0f" % (r["peak_rss_kb"] / 1024) if r["peak_rss_kb"] else "%10s" % "-"
         speed = "%8.2f" % r["fps"] if r["fps"] else "%8s" % "-"
-        print("  %-12s %-30s %s %s %s" % (r["impl"], r["config"], speed, rss, r.get("error", "")))
+        ttff = "%8.2f" % r["ttff_s"] if r.get("ttff_s") else "%8s" % "-"
+        print("  %-12s %-38s %s %s %s %s" % (r["impl"], r["config"], speed, rss, ttff,
+                                            r.get("error", "")))
     if best and up0 and fwd:
         print("  best ours (%s %s): %.2fx upstream async=0, %s upstream async=1, "
               "%.2fx the limit (bare forward, %s)" % (

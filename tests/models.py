@@ -137,6 +137,71 @@ class Sharpen(nn.Module):
         return F.conv2d(up, self.kernel, padding=1, groups=3)
 
 
+# Published architectures with random weights (nothing is downloaded): the
+# benchmark's numbers must hold on networks it was not written for.
+
+class Conv16(nn.Module):
+    """Three 3x3 convolutions of 16 channels: the shape of small denoisers."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.c3 = nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.c3(F.relu(self.c2(F.relu(self.c1(x)))))
+
+
+class Upscale5x5(nn.Module):
+    """x2 sub-pixel upscaler: 3 to 32 channels 5x5, tanh, 32 to 12 3x3, pixel
+    shuffle."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 5, padding=2)
+        self.c2 = nn.Conv2d(32, 12, 3, padding=1)
+
+    def forward(self, x):
+        return F.pixel_shuffle(self.c2(torch.tanh(self.c1(x))), 2)
+
+
+class ESPCN(nn.Module):
+    """ESPCN x3 (Shi et al., CVPR 2016) on RGB: 5x5 to 64, tanh, 3x3 to 32,
+    tanh, 3x3 to 3 x 3^2, pixel shuffle."""
+
+    def __init__(self, scale=3):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 64, 5, padding=2)
+        self.c2 = nn.Conv2d(64, 32, 3, padding=1)
+        self.c3 = nn.Conv2d(32, 3 * scale * scale, 3, padding=1)
+        self.scale = scale
+
+    def forward(self, x):
+        y = torch.tanh(self.c2(torch.tanh(self.c1(x))))
+        return torch.sigmoid(F.pixel_shuffle(self.c3(y), self.scale))
+
+
+class SRVGGNetCompact(nn.Module):
+    """Real-ESRGAN's compact network (realesr-animevideov3's layout): 64
+    features, 16 3x3 convolutions with PReLU, pixel shuffle x4 added to the
+    nearest-neighbour upscaled input."""
+
+    def __init__(self, num_feat=64, num_conv=16, upscale=4):
+        super().__init__()
+        layers = [nn.Conv2d(3, num_feat, 3, padding=1), nn.PReLU(num_feat)]
+        for _ in range(num_conv):
+            layers += [nn.Conv2d(num_feat, num_feat, 3, padding=1), nn.PReLU(num_feat)]
+        layers += [nn.Conv2d(num_feat, 3 * upscale * upscale, 3, padding=1)]
+        self.body = nn.Sequential(*layers)
+        self.upsampler = nn.PixelShuffle(upscale)
+        self.upscale = upscale
+
+    def forward(self, x):
+        base = F.interpolate(x, scale_factor=float(self.upscale), mode="nearest")
+        return self.upsampler(self.body(x)) + base
+
+
 # Malformed models: each must end in a clear error, never a crash.
 
 class Throws(nn.Module):
@@ -451,6 +516,10 @@ MODELS = {
     "conv3": Conv3,
     "upx2": UpscaleX2,
     "conv_heavy": ConvHeavy,
+    "conv16": Conv16,
+    "upx2_5x5": Upscale5x5,
+    "espcn_x3": ESPCN,
+    "realesr_compact_x4": SRVGGNetCompact,
     "gray": GrayInvert,
     "gray_up2": GrayInvertX2,
     "sharpen": Sharpen,

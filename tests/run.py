@@ -76,6 +76,15 @@ def upscaler_doubles_size_and_matches_pytorch():
 
 
 @test
+def published_architectures_match_pytorch():
+    # Random weights: what matters is that every layer runs as in PyTorch
+    # and that sub-pixel outputs land where the model put them.
+    for name, size, scale in (("conv16", "96x64", 1), ("upx2_5x5", "64x48", 2),
+                              ("espcn_x3", "48x32", 3), ("realesr_compact_x4", "40x24", 4)):
+        compare_to_pytorch(name, size=size, frames=2, scale=scale, exact=False)
+
+
+@test
 def gray_model_takes_the_y_plane():
     w, h, n = 96, 64, 3
     for fmt in ("gray", "yuv420p", "yuv444p", "nv12"):

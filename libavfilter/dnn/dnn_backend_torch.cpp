@@ -788,12 +788,14 @@ static void pass_chroma_th(const AVFrame *in, AVFrame *out)
 
 /*
  * 8-bit packed RGB, gray and Y planes in host memory, the common CPU case,
- * are read in one pass over rows split between LibTorch's threads, through
- * a table that holds sample / 255.0f (the value the torch ops give).  A
+ * are converted in one pass each way over rows split between LibTorch's
+ * threads: in through a table that holds sample / 255.0f (the value the
+ * torch ops give), out rounded and clamped as the torch ops would.  A
  * channels-last batch (see THModel.channels_last) is in the frame's own
- * pixel order, so a packed row is read as it lies.  Plain C, which the
- * compiler may vectorise; the way out takes ATen's vectorised kernels (see
- * tensor_to_frame_th()).
+ * pixel order, so a packed row is read and written as it lies.  Plain C,
+ * scalar under FFmpeg's -fno-tree-vectorize (GCC < 13): a single pass is
+ * what makes it faster than ATen's vectorised kernels, which take one pass
+ * per operation.
  */
 
 enum THHostLayout {
@@ -832,31 +834,89 @@ static const float *dequantize_table_th(void)
     return table.data();
 }
 
+/** Where sample c of pixel x of row y lies: in the frame's first plane and
+ *  in a C x H x W float tensor laid out as packed_on_host_th() found. */
+struct THHostGeometry {
+    int channels;
+    int step;          ///< frame bytes from one pixel to the next
+    int64_t pixel;     ///< tensor elements from one pixel to the next
+    int64_t channel;   ///< tensor elements from one channel to the next
+    int64_t row;       ///< tensor elements from one row to the next
+    bool runs;         ///< the row is one run of samples in both
+
+    THHostGeometry(const AVFrame *frame, int c, enum THHostLayout layout)
+        : channels(c), step(is_rgb32_th(frame_format_th(frame)) ? 4 : c),
+          pixel(layout == TH_HOST_INTERLEAVED ? c : 1),
+          channel(layout == TH_HOST_INTERLEAVED ? 1 : (int64_t)frame->width * frame->height),
+          row(layout == TH_HOST_INTERLEAVED ? (int64_t)frame->width * c : frame->width),
+          runs(step == c && pixel == c) {}
+};
+
 static void unpack_th(const AVFrame *frame, float *dst, int channels,
                       enum THHostLayout layout)
 {
     const float *table = dequantize_table_th();
-    int step = is_rgb32_th(frame_format_th(frame)) ? 4 : channels;
-    int64_t width = frame->width, plane = width * frame->height;
-    /* Where sample c of pixel x of a row goes: interleaved or planar. */
-    int64_t pixel = layout == TH_HOST_INTERLEAVED ? channels : 1;
-    int64_t channel = layout == TH_HOST_INTERLEAVED ? 1 : plane;
-    int64_t row = layout == TH_HOST_INTERLEAVED ? width * channels : width;
+    const THHostGeometry g(frame, channels, layout);
+    int64_t width = frame->width;
 
     at::parallel_for(0, frame->height, 16, [&](int64_t begin, int64_t end) {
         for (int64_t y = begin; y < end; y++) {
             const uint8_t *src = frame->data[0] + y * frame->linesize[0];
-            float *out = dst + y * row;
-            if (step == channels && pixel == channels) {
+            float *out = dst + y * g.row;
+            if (g.runs) {
                 for (int64_t i = 0; i < width * channels; i++)
                     out[i] = table[src[i]];
                 continue;
             }
             for (int64_t x = 0; x < width; x++)
                 for (int c = 0; c < channels; c++)
-                    out[x * pixel + c * channel] = table[src[x * step + c]];
+                    out[x * g.pixel + c * g.channel] = table[src[x * g.step + c]];
         }
     });
+}
+
+/** v in [0, 1] as a sample: v * 255 rounded half to even, as torch.round()
+ *  rounds, and clamped; *nan is set for NaN, which becomes 0. */
+static inline uint8_t quantize_th(float v, int *nan)
+{
+    v *= 255.0f;
+    *nan |= v != v;
+    v = v > 0.0f ? v : 0.0f;
+    v = v < 255.0f ? v : 255.0f;
+    return (uint8_t)lrintf(v);
+}
+
+/**
+ * The inverse of unpack_th(), in one pass that also looks for NaN: the
+ * multiply, round, clamp, narrowing and NaN test as separate ATen passes
+ * read a 1080p frame five times.
+ * @return 1 if src holds NaN, 0 otherwise
+ */
+static int pack_th(const float *src, AVFrame *frame, int channels,
+                   enum THHostLayout layout)
+{
+    const THHostGeometry g(frame, channels, layout);
+    int64_t width = frame->width;
+    std::atomic<int> found(0);
+
+    at::parallel_for(0, frame->height, 16, [&](int64_t begin, int64_t end) {
+        int nan = 0;
+        for (int64_t y = begin; y < end; y++) {
+            const float *in = src + y * g.row;
+            uint8_t *out = frame->data[0] + y * frame->linesize[0];
+            if (g.runs) {
+                for (int64_t i = 0; i < width * channels; i++)
+                    out[i] = quantize_th(in[i], &nan);
+                continue;
+            }
+            for (int64_t x = 0; x < width; x++)
+                for (int c = 0; c < channels; c++)
+                    out[x * g.step + c] = quantize_th(in[x * g.pixel + c * g.channel], &nan);
+        }
+        if (nan)
+            found = 1;
+    });
+    return found;
 }
 
 /**
@@ -883,14 +943,18 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
 {
     enum AVPixelFormat fmt = frame_format_th(frame);
     int channels = format_channels_th(fmt);
+    enum THHostLayout layout;
     torch::Tensor values, plane;
 
     if (src.size(0) == 3 && channels == 1 && is_yuv_th(fmt))
         return rgb_to_yuv_frame_th(src, frame, nan_flag);
+    layout = packed_on_host_th(frame, src);
+    if (layout != TH_HOST_NONE)
+        return pack_th(src.data_ptr<float>(), frame, channels, layout);
 
-    /* One plane: gray, Y, or packed RGB in its memory order, through
-     * ATen's vectorised kernels; a channels-last output is in the frame's
-     * own pixel order. */
+    /* Otherwise (P010, a model's own output strides, GPU memory) through
+     * ATen's kernels: one plane, gray, Y, or packed RGB in its memory
+     * order. */
     values = src.permute({ 1, 2, 0 });
     if (has_nan_th(values, nan_flag))
         return 1;
