@@ -31,8 +31,10 @@ UPSTREAM = os.environ["UPSTREAM_FFMPEG"]
 FORWARD = os.environ["FORWARD"]
 MODELS = os.environ["MODELS"]
 ONNX = os.environ.get("ONNX_FFMPEG")
-# BENCH_SCALE scales every case's frame count (0.25 for a quick look).
+# BENCH_SCALE scales every case's frame count (0.25 for a quick look);
+# BENCH_CASES, a comma-separated list of model names, picks cases.
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+PICK = [c for c in os.environ.get("BENCH_CASES", "").split(",") if c]
 THREADS = os.cpu_count()
 
 # (case, model, width, height, frames).  Besides the three models written
@@ -49,8 +51,9 @@ CASES = [
     ("realesr_compact_x4-160x90", "realesr_compact_x4", 160, 90, 30),
 ]
 UPSTREAM_CONFIGS = ["async=0", "async=1"]
-OURS_CONFIGS = ["", "async=0", "async=1:nireq=1", "async=1:nireq=2", "async=1:nireq=4",
-                "batch_size=2", "batch_size=4", "async=1:nireq=4:batch_size=4"]
+OURS_CONFIGS = os.environ.get("BENCH_OURS", "|async=0|async=1:nireq=1|async=1:nireq=2|"
+                                            "async=1:nireq=4|batch_size=2|batch_size=4|"
+                                            "async=1:nireq=4:batch_size=4").split("|")
 # The same model as an AOTInductor package, compiled for the case's size.
 PACKAGE_CONFIGS = ["", "async=0"]
 # The graph executor setting our default (optimize=0) uses, for the limit.
@@ -195,6 +198,8 @@ def main(outdir):
                             "wall_s": round(t, 3) if t else None, "peak_rss_kb": rss})
             print("  %-12s %s s, %.0f MiB" % (impl, "%.3f" % t if t else "failed", rss / 1024))
     for case, name, w, h, frames in CASES:
+        if PICK and name not in PICK:
+            continue
         frames = max(12, int(frames * SCALE))
         model = os.path.join(MODELS, name + ".pt")
         rows = []
