@@ -51,13 +51,16 @@ CASES = [
     ("realesr_compact_x4-160x90", "realesr_compact_x4", 160, 90, 30),
 ]
 UPSTREAM_CONFIGS = ["async=0", "async=1"]
-OURS_CONFIGS = os.environ.get("BENCH_OURS", "|async=0|async=1:nireq=1|async=1:nireq=2|"
-                                            "async=1:nireq=4|batch_size=2|batch_size=4|"
-                                            "async=1:nireq=4:batch_size=4").split("|")
+OURS_CONFIGS = ["", "async=0", "async=1:nireq=1", "async=1:nireq=2", "async=1:nireq=4",
+                "batch_size=2", "batch_size=4", "async=1:nireq=4:batch_size=4",
+                "optimize=freeze", "async=0:optimize=freeze"]
 # The same model as an AOTInductor package, compiled for the case's size.
 PACKAGE_CONFIGS = ["", "async=0"]
-# The graph executor setting our default (optimize=0) uses, for the limit.
-OURS_OPTIMIZE = 0
+# The limit's runs do not fault their memory in again at every call: the
+# filter keeps LibTorch's large host tensors for the next frame, and glibc
+# does the same for a bare program told so.
+NO_UNMAP = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296:" \
+           "glibc.malloc.arena_max=1"
 
 
 # FFmpeg's ONNX backend has no async mode and takes the tensor names.
@@ -157,18 +160,22 @@ def peer_difference(model, onnx_model, w, h):
         return None
 
 
-def run_forward(model, w, h, frames, batch, threads=THREADS, layout="contiguous", streams=1):
+def run_forward(model, w, h, frames, batch, threads=THREADS, layout="contiguous", streams=1,
+                optimize=0):
     iterations = max(3, frames // (4 * batch * streams))
     out = subprocess.run([FORWARD, model, "3", str(h), str(w), str(batch), str(threads),
-                          str(OURS_OPTIMIZE), str(iterations), "cpu", layout, str(streams)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+                          str(optimize), str(iterations), "cpu", layout, str(streams)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True,
+                         env=dict(os.environ, GLIBC_TUNABLES=NO_UNMAP))
     return float(out.stdout.decode().strip().split("=")[1])
 
 
 # The limit is the best bare forward() over what the filter may do: the
-# input's layout, and all threads on one call or one thread on each of
-# several calls at once (requests in flight).
-LIMIT_SETUPS = [(layout, threads, THREADS // threads)
+# input's layout, all threads on one call or one thread on each of several
+# calls at once (requests in flight), and the model as it is or frozen
+# (optimize=freeze).
+LIMIT_SETUPS = [(layout, threads, THREADS // threads, optimize)
+                for optimize in (0, 2)
                 for layout in ("contiguous", "channels_last")
                 for threads in sorted({THREADS, 1})]
 
@@ -225,10 +232,12 @@ def main(outdir):
                 error = "its output is not ours (largest difference %s)" % diff
             rows.append(row_of(case, "onnx peer", "async=0",
                                (None if error else fps, rss, error, ttff)))
-        for layout, threads, streams in LIMIT_SETUPS:
+        for layout, threads, streams, optimize in LIMIT_SETUPS:
             rows.append({"case": case, "impl": "forward",
-                         "config": "batch=1:%s:threads=%d:streams=%d" % (layout, threads, streams),
-                         "fps": round(run_forward(model, w, h, frames, 1, threads, layout, streams), 2),
+                         "config": "batch=1:%s:threads=%d:streams=%d:optimize=%d" % (
+                             layout, threads, streams, optimize),
+                         "fps": round(run_forward(model, w, h, frames, 1, threads, layout,
+                                                  streams, optimize), 2),
                          "peak_rss_kb": None})
         rows.append({"case": case, "impl": "forward",
                      "config": "batch=4:contiguous:threads=%d:streams=1" % THREADS,

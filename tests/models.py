@@ -168,7 +168,7 @@ class Upscale5x5(nn.Module):
 
 class ESPCN(nn.Module):
     """ESPCN x3 (Shi et al., CVPR 2016) on RGB: 5x5 to 64, tanh, 3x3 to 32,
-    tanh, 3x3 to 3 x 3^2, pixel shuffle."""
+    tanh, 3x3 to 3 x 3^2 (linear, as in the paper), pixel shuffle."""
 
     def __init__(self, scale=3):
         super().__init__()
@@ -179,7 +179,7 @@ class ESPCN(nn.Module):
 
     def forward(self, x):
         y = torch.tanh(self.c2(torch.tanh(self.c1(x))))
-        return torch.sigmoid(F.pixel_shuffle(self.c3(y), self.scale))
+        return F.pixel_shuffle(self.c3(y), self.scale)
 
 
 class SRVGGNetCompact(nn.Module):
