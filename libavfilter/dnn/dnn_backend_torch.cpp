@@ -33,7 +33,16 @@
 
 #include <dirent.h>
 #include <ftw.h>
+#include <limits.h>
 #include <unistd.h>
+/* Where dlopen() exists, configure links neither libtorch_cuda nor libtorch
+ * and load_torch_library_th() loads them when a model needs them. */
+#if __has_include(<dlfcn.h>)
+#include <dlfcn.h>
+#define TH_LOAD_ON_DEMAND 1
+#else
+#define TH_LOAD_ON_DEMAND 0
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -52,6 +61,7 @@ extern "C" {
 }
 
 #include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
@@ -2204,6 +2214,47 @@ static int remove_entry_th(const char *path, const struct stat *st, int type,
 }
 
 /**
+ * Load a LibTorch library that ffmpeg is not linked with (see configure),
+ * from the folder of the libtorch_cpu it is linked with, and keep it: its
+ * operators and device hooks register themselves when it is loaded.  With
+ * PyPI's LibTorch, libtorch_cuda and the CUDA libraries it needs add 0.14 s
+ * and 350 MiB to the start of every ffmpeg that links them.  LibTorch
+ * decides once whether CUDA is there, at its first CUDA query, so the
+ * library is loaded before any: see load_net_th().  Without what (the
+ * feature that needs it, for the error), a library that cannot be loaded is
+ * not an error: the device checks that follow say what is missing.
+ */
+static int load_torch_library_th(DnnContext *ctx, const char *name, const char *what)
+{
+#if TH_LOAD_ON_DEMAND
+#ifdef __APPLE__
+    std::string file = std::string("lib") + name + ".dylib";
+#else
+    std::string file = std::string("lib") + name + ".so";
+#endif
+    std::string path = file;
+#ifdef RTLD_DI_ORIGIN
+    void *cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    char origin[PATH_MAX];
+
+    if (cpu && !dlinfo(cpu, RTLD_DI_ORIGIN, origin))
+        path = std::string(origin) + "/" + file;
+    if (cpu)
+        dlclose(cpu);
+#endif
+    if (!dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
+        const char *reason = dlerror();
+        av_log(ctx, what ? AV_LOG_ERROR : AV_LOG_VERBOSE, "%s needs LibTorch's "
+               "%s, which could not be loaded (a LibTorch built without it?): "
+               "%s\n", what ? what : "The device", file.c_str(),
+               reason ? reason : "unknown error");
+        return what ? AVERROR(ENOSYS) : 0;
+    }
+#endif
+    return 0;
+}
+
+/**
  * The sizes of input 0 of a package's model, from the input checks that
  * AOTInductor generates into the model's wrapper source, which the package
  * carries: "input_handles[0]: unmatched dim value at D, expected: N", and
@@ -2287,6 +2338,10 @@ static int load_package_th(THModel *th_model, const std::vector<std::string> &re
     THPackageShape shape;
     std::set<std::string> folders;
     std::string library;
+
+    int ret = load_torch_library_th(ctx, "torch", "An AOTInductor package");
+    if (ret < 0)
+        return ret;
     try {
         library = package_library_th(records, name);
         folders = package_folders_th(name, library);
@@ -2423,9 +2478,18 @@ static int load_net_th(THModel *th_model)
                error_reason(ctx, e).c_str());
         return AVERROR(EINVAL);
     }
+    if (th_model->device->is_cuda())
+        load_torch_library_th(ctx, "torch_cuda", NULL);
+    if (th_model->device->is_xpu())
+        load_torch_library_th(ctx, "torch_xpu", NULL);
     if (th_model->device->is_cuda() && !torch::cuda::is_available()) {
-        av_log(ctx, AV_LOG_ERROR, "device=%s: LibTorch sees no CUDA device "
-               "(no GPU, or a CPU-only LibTorch). Use device=cpu.\n", device_name);
+        if (at::detail::getCUDAHooks().hasCUDART())
+            av_log(ctx, AV_LOG_ERROR, "device=%s: LibTorch sees no CUDA device "
+                   "(no GPU, or no NVIDIA driver). Use device=cpu.\n", device_name);
+        else
+            av_log(ctx, AV_LOG_ERROR, "device=%s: this LibTorch has no CUDA "
+                   "support. Use device=cpu, or a LibTorch built with CUDA.\n",
+                   device_name);
         return AVERROR(ENODEV);
     }
     if (th_model->device->is_xpu()) {
