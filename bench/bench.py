@@ -75,8 +75,9 @@ def run_ffmpeg(binary, model, w, h, config, frames, backend="torch"):
 
 
 def source(w, h):
-    """One frame, repeated: the source costs nothing next to the filter."""
-    return "testsrc2=s=%dx%d:r=25,trim=end_frame=1,loop=loop=-1:size=1" % (w, h)
+    """One RGB frame, converted once and repeated: the source costs nothing
+    next to the filter."""
+    return "testsrc2=s=%dx%d:r=25,format=rgb24,trim=end_frame=1,loop=loop=-1:size=1" % (w, h)
 
 
 def start_cost(binary):
