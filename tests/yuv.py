@@ -27,7 +27,8 @@ SEMIPLANAR = ("nv12", "p010le")
 
 def depth(fmt):
     return 10 if fmt == "p010le" else 8
-MATRIX = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+MATRIX = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593),
+          "smpte240m": (0.212, 0.087)}
 
 
 def frames(src, vf, fmt="", n=2):
@@ -94,7 +95,10 @@ def dnn(name):
 def rgb_model_on_yuv_frames_matches_the_formulas():
     for fmt in SUBSAMPLING:
         for tag, matrix, full in (("", "bt601", False),
-                                  ("scale=out_color_matrix=bt709:out_range=pc,", "bt709", True)):
+                                  ("scale=out_color_matrix=bt709:out_range=pc,", "bt709", True),
+                                  ("scale=out_color_matrix=bt2020:out_range=tv,", "bt2020", False),
+                                  ("scale=out_color_matrix=smpte240m:out_range=tv,", "smpte240m",
+                                   False)):
             vf = "format=rgb24," + tag + "format=" + fmt
             for name, mix in (("identity", IDENTITY), ("conv1x1", CONV1X1)):
                 src = frames(TESTSRC, vf, fmt)

@@ -1,4 +1,6 @@
 /*
+ * Copyright (c) 2024
+ *
  * This file is part of FFmpeg.
  *
  * FFmpeg is free software; you can redistribute it and/or
@@ -64,6 +66,7 @@ extern "C" {
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/cuda.h>
+#include <torch/nn/functional/upsampling.h>
 #include <torch/script.h>
 #include <torch/version.h>
 #define TH_LIBTORCH_AT_LEAST(major, minor) \
@@ -97,6 +100,7 @@ extern "C" {
 #include "libavutil/avassert.h"
 #include "libavutil/avstring.h"
 #include "libavutil/cpu.h"
+#include "libavutil/csp.h"
 #include "libavutil/detection_bbox.h"
 #include "libavutil/hwcontext.h"
 #include "libavutil/intreadwrite.h"
@@ -109,6 +113,10 @@ extern "C" {
 #include "dnn_cuda.h"
 #endif
 }
+
+/* Everything but ff_dnn_backend_torch is private to this file: classes too,
+ * whose member functions would otherwise be global symbols. */
+namespace {
 
 /**
  * Size of the zero input that probes the model's input channel count when
@@ -608,9 +616,11 @@ static torch::Tensor plane_region_th(const AVFrame *frame, int plane,
 }
 
 /**
- * The YUV matrix (BT.709, BT.2020, otherwise BT.601) and range (full only for
- * JPEG range) of a frame: Y, U, V sample values are luma * luma_scale +
- * luma_offset and chroma * chroma_scale + chroma_offset.
+ * The YUV matrix and range (full only for JPEG range) of a frame: Y, U, V
+ * sample values are luma * luma_scale + luma_offset and chroma *
+ * chroma_scale + chroma_offset.  The luma coefficients are libavutil's for
+ * the frame's colorspace, BT.601's where it names none or no YCbCr matrix
+ * (RGB, YCgCo), as swscale assumes.
  */
 typedef struct THYuvMatrix {
     double kr, kb, kg;
@@ -622,25 +632,18 @@ static THYuvMatrix yuv_matrix_th(const AVFrame *frame)
     int depth = depth_th(frame_format_th(frame));
     int full = frame->color_range == AVCOL_RANGE_JPEG;
     double max = (1 << depth) - 1, unit = 1 << (depth - 8);
-    THYuvMatrix m = { 0.299, 0.114, 0.0, full ? max : 219.0 * unit,
-                      full ? 0.0 : 16.0 * unit, full ? max : 224.0 * unit,
-                      (double)(1 << (depth - 1)) };
+    enum AVColorSpace csp = frame->colorspace;
+    const AVLumaCoefficients *coeffs = NULL;
 
-    switch (frame->colorspace) {
-    case AVCOL_SPC_BT709:
-        m.kr = 0.2126;
-        m.kb = 0.0722;
-        break;
-    case AVCOL_SPC_BT2020_NCL:
-    case AVCOL_SPC_BT2020_CL:
-        m.kr = 0.2627;
-        m.kb = 0.0593;
-        break;
-    default:
-        break;
-    }
-    m.kg = 1.0 - m.kr - m.kb;
-    return m;
+    if (csp != AVCOL_SPC_RGB && csp != AVCOL_SPC_YCGCO &&
+        csp != AVCOL_SPC_YCGCO_RE && csp != AVCOL_SPC_YCGCO_RO)
+        coeffs = av_csp_luma_coeffs_from_avcsp(csp);
+    if (!coeffs)
+        coeffs = av_csp_luma_coeffs_from_avcsp(AVCOL_SPC_SMPTE170M);
+
+    return { av_q2d(coeffs->cr), av_q2d(coeffs->cb), av_q2d(coeffs->cg),
+             full ? max : 219.0 * unit, full ? 0.0 : 16.0 * unit,
+             full ? max : 224.0 * unit, (double)(1 << (depth - 1)) };
 }
 
 /** R, G, B in [0, 1] from Y, U, V sample values. */
@@ -1005,7 +1008,10 @@ static void fit_tensor_th(const torch::Tensor &src, torch::Tensor &dst, int lett
         area.copy_(src);
         return;
     }
-    area.copy_(at::_upsample_bilinear2d_aa(src.unsqueeze(0), { h, w }, false)[0]);
+    area.copy_(torch::nn::functional::interpolate(src.unsqueeze(0),
+        torch::nn::functional::InterpolateFuncOptions()
+            .size(std::vector<int64_t>{ h, w }).mode(torch::kBilinear)
+            .align_corners(false).antialias(true))[0]);
 }
 
 /* -------------------------------------------------------------------------
@@ -2943,6 +2949,8 @@ static int dnn_flush_th(const DNNModel *model)
     dispatch_th((THModel *)model, 1);
     return 0;
 }
+
+} // namespace
 
 extern const DNNModule ff_dnn_backend_torch = {
     .clazz          = DNN_DEFINE_CLASS(dnn_th),
