@@ -124,8 +124,8 @@ namespace {
  */
 #define TH_PROBE_SIZE 32
 #define TH_MAX_BATCH  64
-/** Padding of a letterboxed model input: the grey YOLO models train with. */
-#define TH_LETTERBOX_GREY (114.0 / 255.0)
+/** Padding of a letterboxed model input: the gray YOLO models train with. */
+#define TH_LETTERBOX_GRAY (114.0 / 255.0)
 
 class THNet;
 typedef struct THRequestItem THRequestItem;
@@ -216,15 +216,15 @@ typedef struct THRequestItem {
 #define FLAGS AV_OPT_FLAG_FILTERING_PARAM
 static const AVOptionArrayDef normalization_def_th = { .sep = '&' };
 static const AVOption dnn_th_options[] = {
-    { "optimize",   "model optimisation at load time",                OFFSET(optimize),    AV_OPT_TYPE_INT, { .i64 = 0 }, 0, 2,            FLAGS, .unit = "optimize" },
+    { "optimize",   "model optimization at load time",                OFFSET(optimize),    AV_OPT_TYPE_INT, { .i64 = 0 }, 0, 2,            FLAGS, .unit = "optimize" },
         { "none",   "run the model as it is",                         0,                   AV_OPT_TYPE_CONST, { .i64 = 0 }, 0, 0,          FLAGS, .unit = "optimize" },
-        { "graph",  "graph executor optimisation",                    0,                   AV_OPT_TYPE_CONST, { .i64 = 1 }, 0, 0,          FLAGS, .unit = "optimize" },
-        { "freeze", "freeze the model and optimise it for inference", 0,                   AV_OPT_TYPE_CONST, { .i64 = 2 }, 0, 0,          FLAGS, .unit = "optimize" },
+        { "graph",  "graph executor optimization",                    0,                   AV_OPT_TYPE_CONST, { .i64 = 1 }, 0, 0,          FLAGS, .unit = "optimize" },
+        { "freeze", "freeze the model and optimize it for inference", 0,                   AV_OPT_TYPE_CONST, { .i64 = 2 }, 0, 0,          FLAGS, .unit = "optimize" },
     { "channels",   "input channels of the model (1 or 3), 0 to probe the model", OFFSET(nb_channels), AV_OPT_TYPE_INT, { .i64 = 0 }, 0, 3, FLAGS },
     { "threads",    "intra-op threads of each request, 0 for the CPU count divided by the requests", OFFSET(nb_threads), AV_OPT_TYPE_INT, { .i64 = 0 }, 0, 1024, FLAGS },
     { "batch_size", "frames per forward call",                        OFFSET(batch_size),  AV_OPT_TYPE_INT, { .i64 = 1 }, 1, TH_MAX_BATCH, FLAGS },
     { "input_size", "model input size (WxH) of a detector or classifier; by default a detector takes the frame's size", OFFSET(input_width), AV_OPT_TYPE_IMAGE_SIZE, { .str = NULL }, 0, 0, FLAGS },
-    { "letterbox",  "keep the aspect ratio when resizing to input_size, padding with grey", OFFSET(letterbox), AV_OPT_TYPE_BOOL, { .i64 = 0 }, 0, 1, FLAGS },
+    { "letterbox",  "keep the aspect ratio when resizing to input_size, padding with gray", OFFSET(letterbox), AV_OPT_TYPE_BOOL, { .i64 = 0 }, 0, 1, FLAGS },
     { "model_name", "model to run from an AOTInductor package that holds several", OFFSET(model_name), AV_OPT_TYPE_STRING, { .str = NULL }, 0, 0, FLAGS },
     { "mean",       "per-channel mean subtracted from the model input, split by '&' (0.485&0.456&0.406 for ImageNet)", OFFSET(mean), (enum AVOptionType)(AV_OPT_TYPE_FLOAT | AV_OPT_TYPE_FLAG_ARRAY), { .arr = &normalization_def_th }, -FLT_MAX, FLT_MAX, FLAGS },
     { "std",        "per-channel standard deviation the model input is divided by, after mean, split by '&' (0.229&0.224&0.225 for ImageNet)", OFFSET(std), (enum AVOptionType)(AV_OPT_TYPE_FLOAT | AV_OPT_TYPE_FLAG_ARRAY), { .arr = &normalization_def_th }, FLT_MIN, FLT_MAX, FLAGS },
@@ -511,7 +511,7 @@ static torch::Tensor frame_plane_th(const AVFrame *frame, int p, int height,
                          width, channels, type, step);
 }
 
-/** Packed RGB with a fourth byte, alpha or padding, after the colour. */
+/** Packed RGB with a fourth byte, alpha or padding, after the color. */
 static int is_rgb32_th(enum AVPixelFormat fmt)
 {
     return fmt == AV_PIX_FMT_RGBA || fmt == AV_PIX_FMT_BGRA ||
@@ -815,7 +815,7 @@ static void pass_chroma_th(const AVFrame *in, AVFrame *out)
  * channels-last batch (see THModel.channels_last) is in the frame's own
  * pixel order, so a packed row is read and written as it lies.  Plain C,
  * scalar under FFmpeg's -fno-tree-vectorize (GCC < 13): a single pass is
- * what makes it faster than ATen's vectorised kernels, which take one pass
+ * what makes it faster than ATen's vectorized kernels, which take one pass
  * per operation.
  */
 
@@ -1001,7 +1001,7 @@ static void fit_tensor_th(const torch::Tensor &src, torch::Tensor &dst, int lett
     dnn_input_rect(src.size(2), src.size(1), dst.size(2), dst.size(1),
                    letterbox, &x, &y, &w, &h);
     if (w != dst.size(2) || h != dst.size(1)) {
-        dst.fill_(TH_LETTERBOX_GREY);
+        dst.fill_(TH_LETTERBOX_GRAY);
         area = dst.narrow(1, y, h).narrow(2, x, w);
     }
     if (src.size(1) == h && src.size(2) == w) {
@@ -1228,7 +1228,7 @@ static void input_size_th(const THModel *th_model, const AVFrame *frame,
 }
 
 /**
- * Normalise the model input in place, channel by channel, where it lies:
+ * Normalize the model input in place, channel by channel, where it lies:
  * (x - mean) / std, one value of each for every channel or one for all.
  */
 static void normalize_th(const THModel *th_model, torch::Tensor input)
@@ -1804,7 +1804,7 @@ static int probe_channels_th(THModel *th_model)
             keep_probe_th(th_model, width, height, shape);
         return check_normalization_th(th_model);
     }
-    /* Detectors and classifiers are taken to want colour where both work;
+    /* Detectors and classifiers are taken to want color where both work;
      * the same frames in memory and on the GPU get the same choice. */
     if (inlink && inlink->format >= 0)
         format = link_format_th(inlink);
