@@ -35,7 +35,6 @@
 
 #include <dirent.h>
 #include <ftw.h>
-#include <limits.h>
 #include <unistd.h>
 /* Where dlopen() exists, configure links neither libtorch_cuda nor libtorch
  * and load_torch_library_th() loads them when a model needs them. */
@@ -45,12 +44,20 @@
 #else
 #define TH_LOAD_ON_DEMAND 0
 #endif
+/* dl_iterate_phdr() finds the folder of libtorch_cpu among loaded objects. */
+#if TH_LOAD_ON_DEMAND && __has_include(<link.h>)
+#include <link.h>
+#define TH_LOADED_OBJECTS 1
+#else
+#define TH_LOADED_OBJECTS 0
+#endif
 
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -2219,6 +2226,25 @@ static int remove_entry_th(const char *path, const struct stat *st, int type,
     return 0;
 }
 
+#if TH_LOAD_ON_DEMAND
+/** The folder of the libtorch_cpu this process runs with, "" if unknown. */
+static std::string torch_folder_th(void)
+{
+    std::string folder;
+#if TH_LOADED_OBJECTS
+    dl_iterate_phdr([](struct dl_phdr_info *info, size_t, void *data) {
+        const char *name = info->dlpi_name ? info->dlpi_name : "";
+        const char *slash = strrchr(name, '/');
+        if (!slash || strncmp(slash + 1, "libtorch_cpu.", 13))
+            return 0;
+        ((std::string *)data)->assign(name, slash - name);
+        return 1;
+    }, &folder);
+#endif
+    return folder;
+}
+#endif
+
 /**
  * Load a LibTorch library that ffmpeg is not linked with (see configure),
  * from the folder of the libtorch_cpu it is linked with, and keep it: its
@@ -2238,16 +2264,10 @@ static int load_torch_library_th(DnnContext *ctx, const char *name, const char *
 #else
     std::string file = std::string("lib") + name + ".so";
 #endif
-    std::string path = file;
-#ifdef RTLD_DI_ORIGIN
-    void *cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
-    char origin[PATH_MAX];
+    std::string path = file, folder = torch_folder_th();
 
-    if (cpu && !dlinfo(cpu, RTLD_DI_ORIGIN, origin))
-        path = std::string(origin) + "/" + file;
-    if (cpu)
-        dlclose(cpu);
-#endif
+    if (!folder.empty())
+        path = folder + "/" + file;
     if (!dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
         const char *reason = dlerror();
         av_log(ctx, what ? AV_LOG_ERROR : AV_LOG_VERBOSE, "%s needs LibTorch's "
