@@ -22,8 +22,9 @@ JOBS     ?= $(shell nproc)
 # Files of ours that replace or extend the upstream tree, and one diff per
 # upstream file we change (patches/<path>.diff).
 OUR_FILES := libavfilter/dnn/dnn_backend_torch.cpp libavfilter/dnn/dnn_cuda.c \
-             libavfilter/dnn/dnn_cuda.h tests/fate/dnn-torch.mak \
-             tests/ref/fate/dnn-torch-rgb24 tests/ref/fate/dnn-torch-yuv420p
+             libavfilter/dnn/dnn_cuda.h tests/fate/filter-dnn.mak \
+             tests/ref/fate/filter-dnn_processing-torch-rgb24 \
+             tests/ref/fate/filter-dnn_processing-torch-yuv420p
 PATCHES   := $(shell find patches -name '*.diff' 2>/dev/null | sort)
 PATCHED   := $(patsubst patches/%.diff,%,$(PATCHES))
 
@@ -37,7 +38,7 @@ FF_COMMON = --disable-everything --disable-autodetect --disable-doc \
     --enable-filter=$(subst $() ,$(comma),$(FF_FILTERS)$(if $(filter yes,$(CUDA_FRAMES)), $(FF_CUDA_FILTERS))) \
     --enable-muxer=null,framecrc,framemd5,rawvideo,image2,yuv4mpegpipe \
     --enable-demuxer=rawvideo,image2,yuv4mpegpipe \
-    --enable-encoder=rawvideo,png,wrapped_avframe \
+    --enable-encoder=rawvideo,png,wrapped_avframe,pcm_s16le \
     --enable-decoder=rawvideo,png,wrapped_avframe --enable-parser=png \
     --enable-protocol=file,pipe --enable-zlib \
     $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda --pkg-config=$(PKG_CONFIG)) \

@@ -1,4 +1,4 @@
-"""FATE samples and references for tests/fate/dnn-torch.mak.
+"""FATE samples and references for tests/fate/filter-dnn.mak.
 
     python tests/fate_refs.py SAMPLES REFDIR    (FFMPEG names an ffmpeg)
 
@@ -22,8 +22,8 @@ import models  # noqa: E402
 SRC = "testsrc2=s=64x48:r=25:d=0.4,format="
 W, H = 64, 48
 TESTS = {  # test name: (pixel format, model)
-    "dnn-torch-rgb24": ("rgb24", "conv1x1"),
-    "dnn-torch-yuv420p": ("yuv420p", "gray"),
+    "filter-dnn_processing-torch-rgb24": ("rgb24", "conv1x1"),
+    "filter-dnn_processing-torch-yuv420p": ("yuv420p", "gray"),
 }
 
 

@@ -616,9 +616,9 @@ def fate_tests_pass_against_pytorch_references():
             check(a.read() == b.read(), "tests/ref/fate/%s is not PyTorch's output; "
                   "regenerate it with tests/fate_refs.py" % name)
     build = os.path.dirname(FFMPEG)
-    p = subprocess.run(["make", "-C", build, "fate-dnn-torch", "SAMPLES=" + samples],
+    p = subprocess.run(["make", "-C", build, "fate-filter-dnn_processing-torch", "SAMPLES=" + samples],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT * 3)
-    check(p.returncode == 0, "make fate-dnn-torch failed:\n" + p.stdout.decode()[-3000:])
+    check(p.returncode == 0, "make fate-filter-dnn_processing-torch failed:\n" + p.stdout.decode()[-3000:])
 
 
 @test
