@@ -162,24 +162,25 @@ series: $(PRISTINE)/.stamp
 # The series applied with git am to a pristine tree, and each of its commits
 # built in turn (incrementally), so that every commit builds on its own.
 GIT_CHECK = git -c user.name=check -c user.email=check@localhost
+SERIES_PATCHES = ls $(CURDIR)/$(B)/series/*.patch | grep -v /0000-cover-letter.patch
 series-check: series $(TREE)
 	rm -rf $(B)/series-tree $(B)/series-build
 	cp -R $(PRISTINE) $(B)/series-tree
 	cd $(B)/series-tree && git init -q && git add -A && \
 	    $(GIT_CHECK) commit -q -m pristine && \
-	    $(GIT_CHECK) am -q $(CURDIR)/$(B)/series/*.patch
+	    $(GIT_CHECK) am -q $$($(SERIES_PATCHES))
 	@for f in $(OUR_FILES) $(PATCHED); do \
 	    cmp -s $(B)/series-tree/$$f $(SRC)/$$f || \
 	    { echo "series: $$f differs from the tree that make builds; add it to the series file"; exit 1; }; \
 	done
 	mkdir -p $(B)/series-build
 	cd $(B)/series-build && $(FF_ENV) $(CURDIR)/$(B)/series-tree/configure $(FF_CONFIG) > configure.log 2>&1
-	cd $(B)/series-tree && for c in $$(git rev-list --reverse HEAD~$$(ls $(CURDIR)/$(B)/series | wc -l)..HEAD); do \
+	cd $(B)/series-tree && for c in $$(git rev-list --reverse HEAD~$$($(SERIES_PATCHES) | wc -l)..HEAD); do \
 	    git checkout -q $$c && \
 	    $(MAKE) -C $(CURDIR)/$(B)/series-build -j$(JOBS) ffmpeg > $(CURDIR)/$(B)/series-build/build.log 2>&1 || \
 	    { tail -n 30 $(CURDIR)/$(B)/series-build/build.log; echo "series: $$(git log -1 --format=%s) does not build"; exit 1; }; \
 	done
-	@echo "series: $$(ls $(B)/series | wc -l) patches apply with git am, and each commit builds"
+	@echo "series: $$($(SERIES_PATCHES) | wc -l) patches apply with git am, and each commit builds"
 
 clean:
 	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/onnx $(B)/series $(B)/series-* $(B)/demo $(B)/bench $(B)/models

@@ -26,7 +26,7 @@ commit_pending() {
     [ -n "$subject" ] || return 0
     git_ add -A
     { echo "$subject"; [ -s "$work/body" ] && { echo; cat "$work/body"; }; } > "$work/msg"
-    git_ commit -q -F "$work/msg"
+    git_ commit -q -s -F "$work/msg"
 }
 : > "$work/body"
 while IFS= read -r line; do
@@ -41,5 +41,12 @@ done < "$top/series"
 commit_pending
 
 rm -f "$out"/*.patch
-git format-patch -q -o "$out" "$base"
+git format-patch -q --cover-letter -o "$out" "$base"
+# The cover letter's subject and blurb come from patches/cover-letter.txt:
+# its first line, then the rest.
+awk -v text="$top/patches/cover-letter.txt" '
+    /\*\*\* SUBJECT HERE \*\*\*/ { getline subject < text; sub(/\*\*\* SUBJECT HERE \*\*\*/, subject) }
+    /\*\*\* BLURB HERE \*\*\*/ { getline line < text; while ((getline line < text) > 0) print line; next }
+    { print }' "$out/0000-cover-letter.patch" > "$work/cover"
+mv "$work/cover" "$out/0000-cover-letter.patch"
 ls "$out"

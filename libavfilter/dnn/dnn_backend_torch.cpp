@@ -1944,14 +1944,14 @@ static void dnn_free_model_th(DNNModel **model)
         av_freep(&th_model->idle);
     }
     if (th_model->lltask_queue) {
-        while (ff_queue_size(th_model->lltask_queue) != 0) {
+        while (ff_queue_size(th_model->lltask_queue)) {
             LastLevelTaskItem *lltask = (LastLevelTaskItem *)ff_queue_pop_front(th_model->lltask_queue);
             av_freep(&lltask);
         }
         ff_queue_destroy(th_model->lltask_queue);
     }
     if (th_model->task_queue) {
-        while (ff_queue_size(th_model->task_queue) != 0) {
+        while (ff_queue_size(th_model->task_queue)) {
             TaskItem *task = (TaskItem *)ff_queue_pop_front(th_model->task_queue);
             free_task_th(&task);
         }
