@@ -73,7 +73,7 @@ def main(outdir):
         model = os.path.join(MODELS, name + ".pt")
         rows = []
         for impl, config, args in configs(model, w, h):
-            fps, rss, error = measure(args, FRAMES)
+            fps, rss, error, _ = measure(args, FRAMES)
             row = {"case": case, "impl": impl, "config": config,
                    "fps": round(fps, 2) if fps else None, "peak_rss_kb": rss}
             if error:
