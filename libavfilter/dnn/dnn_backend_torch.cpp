@@ -87,8 +87,9 @@ extern "C" {
 #else
 #define TH_PACKAGES 0
 #endif
-/* The host tensor cache needs the allocator interface of LibTorch 2.3. */
-#define TH_HOST_CACHE TH_LIBTORCH_AT_LEAST(2, 3)
+/* The host tensor cache needs the allocator interface of LibTorch 2.4 (the
+ * oldest checked: non-const allocate(), copy_data()). */
+#define TH_HOST_CACHE TH_LIBTORCH_AT_LEAST(2, 4)
 #if TH_HOST_CACHE
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
