@@ -204,8 +204,6 @@ typedef struct THRequestItem {
     /** Batch input, reused while the frame size stays the same. */
     torch::Tensor *input;
     torch::Tensor *output;
-    /** Samples of an output frame before they are stored, reused. */
-    torch::Tensor *scratch;
     /** Frames in the forward call: nb_lltasks, or batch_size for a package. */
     int64_t batch;
     /** Set by th_start_inference(), read by the completion callback. */
@@ -548,23 +546,9 @@ static torch::Tensor samples_th(const torch::Tensor &plane, int depth)
 
 /** Store sample values (float) into a wrapped plane, rounded and clamped. */
 static void store_samples_th(const torch::Tensor &plane, const torch::Tensor &values,
-                             int depth, double scale = 1.0,
-                             torch::Tensor *scratch = nullptr)
+                             int depth)
 {
-    /* One temporary, rounded and clamped in place: on the host, the
-     * caller's if it keeps one, so that a frame does not fault in fresh
-     * pages (GPU memory comes from LibTorch's caching allocator). */
-    torch::Tensor q;
-
-    if (scratch && values.device().is_cpu()) {
-        if (!scratch->defined())
-            *scratch = torch::empty({ 0 }, values.options());
-        q = *scratch;
-        at::mul_out(q, values, at::scalar_tensor(scale, values.options()));
-    } else {
-        q = values * scale;
-    }
-    q.round_().clamp_(0.0, (1 << depth) - 1);
+    torch::Tensor q = values.round().clamp_(0.0, (1 << depth) - 1);
 
     if (plane.scalar_type() == torch::kInt16)
         q = q.to(torch::kInt32).bitwise_left_shift(16 - depth).to(torch::kInt16);
@@ -866,7 +850,6 @@ static const float *dequantize_table_th(void)
 /** Where sample c of pixel x of row y lies: in the frame's first plane and
  *  in a C x H x W float tensor laid out as packed_on_host_th() found. */
 struct THHostGeometry {
-    int channels;
     int step;          ///< frame bytes from one pixel to the next
     int64_t pixel;     ///< tensor elements from one pixel to the next
     int64_t channel;   ///< tensor elements from one channel to the next
@@ -874,7 +857,7 @@ struct THHostGeometry {
     bool runs;         ///< the row is one run of samples in both
 
     THHostGeometry(const AVFrame *frame, int c, enum THHostLayout layout)
-        : channels(c), step(is_rgb32_th(frame_format_th(frame)) ? 4 : c),
+        : step(is_rgb32_th(frame_format_th(frame)) ? 4 : c),
           pixel(layout == TH_HOST_INTERLEAVED ? c : 1),
           channel(layout == TH_HOST_INTERLEAVED ? 1 : (int64_t)frame->width * frame->height),
           row(layout == TH_HOST_INTERLEAVED ? (int64_t)frame->width * c : frame->width),
@@ -968,7 +951,7 @@ static void frame_to_tensor_th(const AVFrame *frame, torch::Tensor &dst)
  * @return 1 if src holds NaN (the frame is then not usable), 0 otherwise
  */
 static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
-                              torch::Tensor *nan_flag, torch::Tensor *scratch)
+                              torch::Tensor *nan_flag)
 {
     enum AVPixelFormat fmt = frame_format_th(frame);
     int channels = format_channels_th(fmt);
@@ -993,7 +976,7 @@ static int tensor_to_frame_th(const torch::Tensor &src, AVFrame *frame,
     }
     plane = frame_plane_th(frame, 0, frame->height, frame->width, channels,
                            sample_type_th(fmt), is_rgb32_th(fmt) ? 4 : 0);
-    store_samples_th(plane, values, depth_th(fmt), (1 << depth_th(fmt)) - 1, scratch);
+    store_samples_th(plane, values * ((1 << depth_th(fmt)) - 1), depth_th(fmt));
     return 0;
 }
 
@@ -1183,7 +1166,6 @@ static void destroy_request_item_th(THRequestItem **arg)
         av_freep(&item->lltasks[i]);
     delete item->input;
     delete item->output;
-    delete item->scratch;
     av_freep(arg);
 }
 
@@ -1469,7 +1451,7 @@ static int write_output_th(THRequestItem *request, int index, AVFrame *out,
     }
     try {
         const AVFrame *in = request->lltasks[index]->task->in_frame;
-        if (tensor_to_frame_th(result, out, nan_flag, request->scratch)) {
+        if (tensor_to_frame_th(result, out, nan_flag)) {
             av_log(ctx, AV_LOG_ERROR, "The model returned NaN; check its "
                    "weights and that it expects input in [0, 1].\n");
             return AVERROR(EINVAL);
@@ -2620,11 +2602,14 @@ public:
         }
         if (!ptr)
             ptr = c10::alloc_cpu(size);
-        {
+        try {
             std::lock_guard<std::mutex> guard(lock_);
             live_[ptr] = size;
             live_bytes_ += size;
             peak_bytes_ = std::max(peak_bytes_, live_bytes_);
+        } catch (...) {
+            c10::free_cpu(ptr);
+            throw;
         }
         return { ptr, ptr, release, c10::DeviceType::CPU };
     }
@@ -2798,7 +2783,6 @@ static DNNModel *dnn_load_model_th(DnnContext *ctx, DNNFunctionType func_type,
         try {
             item->input = new torch::Tensor();
             item->output = new torch::Tensor();
-            item->scratch = new torch::Tensor();
         } catch (const std::exception &e) {
             goto fail;
         }
