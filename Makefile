@@ -142,12 +142,20 @@ check-gpu: $(FFMPEG)
 demo: $(FFMPEG)
 	FFMPEG=$(CURDIR)/$(FFMPEG) $(PYTHON) tools/demo.py $(B)/demo
 
-bench: $(FFMPEG) $(UPSTREAM) $(ONNX_PEER) $(B)/bench/forward
+bench: $(FFMPEG) $(UPSTREAM) $(ONNX_PEER) $(B)/bench/forward $(B)/bench/.packages
 	$(TEST_ENV) FORWARD=$(CURDIR)/$(B)/bench/forward \
 	    ONNX_FFMPEG=$(if $(ONNX_PEER),$(CURDIR)/$(ONNX_PEER)) $(PYTHON) bench/bench.py $(B)/bench
 
 bench-gpu: $(FFMPEG) $(UPSTREAM) $(B)/bench/forward
 	$(TEST_ENV) FORWARD=$(CURDIR)/$(B)/bench/forward $(PYTHON) bench/bench_gpu.py $(B)/bench
+
+# The dnn_detect and dnn_classify cases' packages, pinned, installed with the
+# torch the tests use; without them the bench runs the other cases.
+$(B)/bench/.packages: bench/requirements.txt $(B)/config.mk
+	mkdir -p $(B)/bench
+	$(PYTHON) -m pip install -q "torch==$(TORCH_VERSION)" -r bench/requirements.txt || \
+	    echo "bench: could not install bench/requirements.txt; dnn_detect/dnn_classify cases skipped"
+	touch $@
 
 $(B)/bench/forward: bench/forward.cpp $(B)/config.mk
 	mkdir -p $(B)/bench

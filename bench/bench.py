@@ -25,6 +25,7 @@ import numpy
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import harness  # noqa: E402
 import models  # noqa: E402
+import published  # noqa: E402
 
 FFMPEG = os.environ["FFMPEG"]
 UPSTREAM = os.environ["UPSTREAM_FFMPEG"]
@@ -61,6 +62,20 @@ PACKAGE_CONFIGS = ["", "async=0"]
 # does the same for a bare program told so.
 NO_UNMAP = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296:" \
            "glibc.malloc.arena_max=1"
+
+
+# dnn_detect and dnn_classify on published architectures, against the same
+# TorchScript model in a Python loop over an ffmpeg pipe (FFmpeg 9.0.2 runs
+# neither filter on its torch or ONNX backend): YOLOv8n letterboxed to
+# 640x640, and torchvision's MobileNetV3-Small on four boxes of each frame,
+# which a detector that always finds them (model_type=boxes) puts there.
+DETECT_SIZE = (1280, 720)
+DETECT_FRAMES = 30
+YOLO_INPUT = (640, 640)
+CLASSIFY_FRAMES = 150
+# The boxes in the fixed detector's 128x72 input, ten times that in the frame.
+CLASSIFY_BOXES = [(10, 10, 30, 40), (50, 20, 25, 25), (80, 30, 40, 35), (20, 45, 30, 20)]
+ANALYTICS_CONFIGS = ["", "async=0", "batch_size=2"]
 
 
 # FFmpeg's ONNX backend has no async mode and takes the tensor names.
@@ -249,9 +264,112 @@ def main(outdir):
                          "fps": round(run_forward(package, w, h, frames, 1), 2), "peak_rss_kb": None})
         results += rows
         report(case, rows)
+    results += analytics_cases()
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print("wrote %s" % os.path.join(outdir, "results.json"))
+
+
+def analytics_cases():
+    picked = [n for n in ("yolov8n", "mobilenet_v3_small") if not PICK or n in PICK]
+    if not picked:
+        return []
+    missing = published.available()
+    if missing:
+        print("\nno dnn_detect/dnn_classify cases: %s (make bench installs "
+              "bench/requirements.txt into configure's virtualenv)" % missing)
+        return []
+    import torch
+    from analytics import side_data
+    w, h = DETECT_SIZE
+    src = source(w, h)
+    frame = next(published.frames_of(FFMPEG, src, w, h, 1))
+    rows = []
+    if "yolov8n" in picked:
+        case, frames = "yolov8n-%dx%d" % DETECT_SIZE, max(12, int(DETECT_FRAMES * SCALE))
+        path = os.path.join(MODELS, "bench-yolov8n.torchscript")
+        if not os.path.exists(path):
+            published.yolov8n(path, YOLO_INPUT[0], YOLO_INPUT[1], frame)
+        vf = "dnn_detect=dnn_backend=torch:model=%s:model_type=yolov8:input_size=%dx%d:" \
+             "letterbox=1" % ((path,) + YOLO_INPUT)
+        net = torch.jit.load(path)
+        ref = lambda f: published.detect(net, f, *YOLO_INPUT)  # noqa: E731
+        got = [b[:4] for b in side_data(["-f", "lavfi", "-i", src, "-frames:v", "1", "-vf",
+                                         "format=rgb24"], vf)[0][0]]
+        rows += analytics_case(case, vf, ref, frames, w, h, compare_boxes(got, reference(ref, frame), w, h))
+    if "mobilenet_v3_small" in picked:
+        case = "mobilenet_v3_small-4-boxes-%dx%d" % DETECT_SIZE
+        frames = max(12, int(CLASSIFY_FRAMES * SCALE))
+        boxes_path = os.path.join(MODELS, "bench-fixed-boxes.pt")
+        path = os.path.join(MODELS, "bench-mobilenet_v3_small.pt")
+        published.fixed_boxes(boxes_path, CLASSIFY_BOXES)
+        if not os.path.exists(path):
+            published.mobilenet_v3_small(path)
+        vf = "dnn_detect=dnn_backend=torch:model=%s:model_type=boxes:input_size=128x72:" \
+             "confidence=0,dnn_classify=dnn_backend=torch:model=%s:input_size=224x224:" \
+             "confidence=0" % (boxes_path, path)
+        net = torch.jit.load(path)
+        boxes = [tuple(10 * v for v in b) for b in CLASSIFY_BOXES]
+        ref = lambda f: published.classify(net, f, boxes, 224, 224)  # noqa: E731
+        got = [b[6][0] for b in side_data(["-f", "lavfi", "-i", src, "-frames:v", "1", "-vf",
+                                           "format=rgb24"], vf)[0][0]]
+        rows += analytics_case(case, vf, ref, frames, w, h, compare_classes(got, reference(ref, frame)))
+    return rows
+
+
+def reference(step, frame):
+    import torch
+    with torch.inference_mode():
+        return step(frame)
+
+
+def compare_boxes(got, want, w, h):
+    """None when ours found PyTorch's boxes, clipped to the w x h frame, within
+    2 pixels, else why not."""
+    want = [(round(min(max(b[0], 0), w)), round(min(max(b[1], 0), h)),
+             round(min(max(b[2], 0), w)), round(min(max(b[3], 0), h))) for b in want]
+    want = [b for b in want if b[2] > b[0] and b[3] > b[1]]
+    if len(got) != len(want) or any(max(abs(a - b) for a, b in zip(g, w)) > 2
+                                    for g, w in zip(sorted(got), sorted(want))):
+        return "its boxes %s are not PyTorch's %s" % (got, want)
+    return None
+
+
+def compare_classes(got, want):
+    """None when ours gave each box PyTorch's class and probability within
+    1e-3 (classes are labelled by index without a labels file), else why not."""
+    if len(got) != len(want) or any(label != str(c) or abs(conf - p) > 1e-3
+                                    for (label, conf), (c, p) in zip(got, want)):
+        return "its classes %s are not PyTorch's %s" % (got, want)
+    return None
+
+
+def analytics_case(case, vf, step, frames, w, h, mismatch):
+    src = source(w, h)
+    rows = []
+    for config in ANALYTICS_CONFIGS:
+        # config goes to each DNN filter of the chain
+        chain = ",".join(f + ":" + config if config else f for f in vf.split(","))
+        fps, rss, error, ttff = measure([FFMPEG, "-f", "lavfi", "-i", src, "-vf",
+                                         "format=rgb24," + chain], frames)
+        rows.append(row_of(case, "ours", config, (None if mismatch else fps, rss,
+                                                  mismatch or error, ttff)))
+    fps, _ = published.python_loop(FFMPEG, src, w, h, frames, step)
+    rows.append(row_of(case, "python loop", "torch.jit.load, inference_mode",
+                       (fps, None, None, None)))
+    print("\n%s" % case)
+    for r in rows:
+        print("  %-12s %-38s %8s %s" % (r["impl"], r["config"],
+                                        "%.2f" % r["fps"] if r["fps"] else "-",
+                                        r.get("error", "")))
+    loop = rows[-1]["fps"]
+    ours = [r for r in rows if r["impl"] == "ours" and r["fps"]]
+    if loop and ours:
+        best = max(ours, key=lambda r: r["fps"])
+        print("  ours default / python loop: %s; best ours (%s) / python loop: %.2fx" % (
+            "%.2fx" % (rows[0]["fps"] / loop) if rows[0]["fps"] else "n/a",
+            best["config"], best["fps"] / loop))
+    return rows
 
 
 def find_fps(rows, impl, config):
