@@ -19,14 +19,10 @@ UPSTREAM := $(B)/upstream/ffmpeg
 ONNX_PEER := $(if $(ONNXRUNTIME_INCLUDE),$(B)/onnx/ffmpeg)
 JOBS     ?= $(shell nproc)
 
-# Files of ours that replace or extend the upstream tree, and one diff per
-# upstream file we change (patches/<path>.diff).
-OUR_FILES := libavfilter/dnn/dnn_backend_torch.cpp libavfilter/dnn/dnn_cuda.c \
-             libavfilter/dnn/dnn_cuda.h tests/fate/filter-dnn.mak \
-             tests/ref/fate/filter-dnn_processing-torch-rgb24 \
-             tests/ref/fate/filter-dnn_processing-torch-yuv420p
-PATCHES   := $(shell find patches -name '*.diff' 2>/dev/null | sort)
-PATCHED   := $(patsubst patches/%.diff,%,$(PATCHES))
+# The series is the source of truth: patches/series lists the patches, in
+# git format-patch form, that git am applies to the pristine release in the
+# git tree $(SRC), where they are worked on as commits (README, Development).
+STACK := $(addprefix patches/,$(shell grep -v '^\#' patches/series 2>/dev/null))
 
 FF_FILTERS := dnn_processing dnn_detect dnn_classify testsrc2 color drawbox \
               format scale showinfo metadata null hstack loop setpts trim \
@@ -71,34 +67,37 @@ $(PRISTINE)/.stamp: | $(B)/config.mk
 	tar -C $(B) --no-same-owner -xf $(FFMPEG_TARBALL)
 	touch $@
 
-# The tree we build: pristine, with our files linked in and each patched file
-# rebuilt from its pristine twin whenever its diff changes.
-$(SRC)/.stamp: $(PRISTINE)/.stamp
-	rm -rf $(SRC)
-	cp -a $(PRISTINE) $(SRC)
-	touch $@
+# The tree we build: the stack applied with git am, again whenever
+# patches/ changes.  Only files whose content changes are rewritten, and
+# commits or changes in $(SRC) that patches/ lacks are never overwritten.
+$(SRC)/.git/stack-head: patches/series $(STACK) $(PRISTINE)/.stamp
+	sh tools/stack.sh apply $(PRISTINE) $(SRC)
 
-$(addprefix $(SRC)/,$(OUR_FILES)): $(SRC)/%: % $(SRC)/.stamp
-	ln -sf $(CURDIR)/$< $@
+.PHONY: tree tree-reset patches
+tree: $(SRC)/.git/stack-head
 
-$(addprefix $(SRC)/,$(PATCHED)): $(SRC)/%: patches/%.diff $(SRC)/.stamp
-	rm -f $@ $@.orig $@.rej
-	cp $(PRISTINE)/$* $@.tmp
-	patch -s --no-backup-if-mismatch $@.tmp < $< || { rm -f $@.tmp; exit 1; }
-	mv $@.tmp $@
+# Drops what $(SRC) holds beyond patches/ and applies the stack again.
+tree-reset: $(PRISTINE)/.stamp
+	FORCE=1 sh tools/stack.sh apply $(PRISTINE) $(SRC)
 
-TREE := $(SRC)/.stamp $(addprefix $(SRC)/,$(OUR_FILES) $(PATCHED))
+# Writes the commits of $(SRC) back into patches/.
+patches:
+	sh tools/stack.sh export $(SRC)
+
+TREE := $(SRC)/.git/stack-head
 
 # --- builds -------------------------------------------------------------------
 
 # FFmpeg's configure runs once per tree; edits to our files and diffs only
 # rebuild what depends on them.  FFmpeg's own build does not relink when
 # only the link flags change, so a reconfigured tree drops its binaries.
-$(OBJ)/ffbuild/config.mak: $(SRC)/.stamp $(SRC)/configure $(B)/config.mk
+$(OBJ)/ffbuild/config.mak: $(SRC)/configure $(B)/config.mk | $(TREE)
 	mkdir -p $(OBJ)
 	cd $(OBJ) && $(FF_ENV) $(CURDIR)/$(SRC)/configure $(FF_CONFIG) > configure.log 2>&1 || \
 	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(OBJ)/configure.log"; exit 1; }
 	rm -f $(OBJ)/ffmpeg $(OBJ)/ffmpeg_g
+
+$(SRC)/configure: $(TREE)
 
 $(FFMPEG): $(OBJ)/ffbuild/config.mak $(TREE) FORCE
 	$(MAKE) -C $(OBJ) -j$(JOBS) ffmpeg
@@ -129,7 +128,7 @@ FORCE:
 
 # --- tests, demo, benchmarks -------------------------------------------------
 
-TEST_ENV = FFMPEG=$(CURDIR)/$(FFMPEG) UPSTREAM_FFMPEG=$(CURDIR)/$(UPSTREAM) \
+TEST_ENV = FFMPEG=$(CURDIR)/$(FFMPEG) UPSTREAM_FFMPEG=$(CURDIR)/$(UPSTREAM) FFMPEG_SRC=$(CURDIR)/$(SRC) \
            SANITIZE=$(SANITIZE) MODELS=$(CURDIR)/$(B)/models \
            LIBTORCH_VERSION=$(TORCH_VERSION)
 
@@ -164,34 +163,23 @@ $(B)/bench/forward: bench/forward.cpp $(B)/config.mk
 	    -L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib -ltorch -ltorch_cpu -lc10 \
 	    $(if $(filter yes,$(TORCH_CUDA)),-Wl$(comma)--no-as-needed -ltorch_cuda -lc10_cuda)
 
-series: $(PRISTINE)/.stamp
-	sh tools/make-series.sh $(PRISTINE) $(B)/series
+series: $(TREE)
+	sh tools/stack.sh mail $(SRC) $(B)/series
 
-# The series applied with git am to a pristine tree, and each of its commits
-# built in turn (incrementally), so that every commit builds on its own.
-GIT_CHECK = git -c user.name=check -c user.email=check@localhost
-SERIES_PATCHES = ls $(CURDIR)/$(B)/series/*.patch | grep -v /0000-cover-letter.patch
-series-check: series $(TREE)
-	rm -rf $(B)/series-tree $(B)/series-build
-	cp -R $(PRISTINE) $(B)/series-tree
-	cd $(B)/series-tree && git init -q && git add -A && \
-	    $(GIT_CHECK) commit -q -m pristine && \
-	    $(GIT_CHECK) am -q $$($(SERIES_PATCHES))
-	@for f in $(OUR_FILES) $(PATCHED); do \
-	    cmp -s $(B)/series-tree/$$f $(SRC)/$$f || \
-	    { echo "series: $$f differs from the tree that make builds; add it to the series file"; exit 1; }; \
-	done
-	mkdir -p $(B)/series-build
-	cd $(B)/series-build && $(FF_ENV) $(CURDIR)/$(B)/series-tree/configure $(FF_CONFIG) > configure.log 2>&1
-	cd $(B)/series-tree && for c in $$(git rev-list --reverse HEAD~$$($(SERIES_PATCHES) | wc -l)..HEAD); do \
-	    git checkout -q $$c && \
-	    $(MAKE) -C $(CURDIR)/$(B)/series-build -j$(JOBS) ffmpeg > $(CURDIR)/$(B)/series-build/build.log 2>&1 || \
-	    { tail -n 30 $(CURDIR)/$(B)/series-build/build.log; echo "series: $$(git log -1 --format=%s) does not build"; exit 1; }; \
-	done
-	@echo "series: $$($(SERIES_PATCHES) | wc -l) patches apply with git am, and each commit builds"
+# Every commit of the stack, built in turn (incrementally) in a worktree of
+# $(SRC), and the FATE tests that exist at that commit run, so that each
+# commit builds and passes its tests on its own.
+series-check: $(TREE) $(B)/fate-suite/.stamp
+	SAMPLES=$(CURDIR)/$(B)/fate-suite sh tools/series-check.sh $(SRC) $(B)/series-check \
+	    "$(FF_ENV)" $(FF_CONFIG)
+
+# The FATE samples of the DNN tests (their references are in the stack).
+$(B)/fate-suite/.stamp: tests/fate_refs.py tests/models.py $(UPSTREAM)
+	FFMPEG=$(CURDIR)/$(UPSTREAM) $(PYTHON) tests/fate_refs.py $(B)/fate-suite $(B)/fate-suite-ref
+	touch $@
 
 clean:
-	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/onnx $(B)/series $(B)/series-* $(B)/demo $(B)/bench $(B)/models
+	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/onnx $(B)/series $(B)/series-check $(B)/fate-suite $(B)/fate-suite-ref $(B)/demo $(B)/bench $(B)/models
 
 distclean:
 	rm -rf $(B)

@@ -612,9 +612,9 @@ def fate_tests_pass_against_pytorch_references():
                    env=env, check=True)
     for name in os.listdir(refs):
         with open(os.path.join(refs, name)) as a, \
-                open(os.path.join(top, "tests", "ref", "fate", name)) as b:
-            check(a.read() == b.read(), "tests/ref/fate/%s is not PyTorch's output; "
-                  "regenerate it with tests/fate_refs.py" % name)
+                open(os.path.join(os.environ["FFMPEG_SRC"], "tests", "ref", "fate", name)) as b:
+            check(a.read() == b.read(), "tests/ref/fate/%s in the stack is not PyTorch's "
+                  "output; regenerate it with tests/fate_refs.py" % name)
     build = os.path.dirname(FFMPEG)
     p = subprocess.run(["make", "-C", build, "fate-filter-dnn_processing-torch", "SAMPLES=" + samples],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT * 3)
