@@ -46,6 +46,7 @@ apply() {
     if [ ! -d "$tree/.git" ]; then
         rm -rf "$tree"
         cp -R "$pristine" "$tree"
+        rm -f "$tree/.stamp"
         git_ -C "$tree" init -q
         git_ -C "$tree" add -A
         git_ -C "$tree" commit -q -m "FFmpeg $(basename "$pristine" | sed 's/^ffmpeg-//')"
