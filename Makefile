@@ -88,8 +88,8 @@ TREE := $(SRC)/.git/stack-head
 
 # --- builds -------------------------------------------------------------------
 
-# FFmpeg's configure runs once per tree; edits to our files and diffs only
-# rebuild what depends on them.  FFmpeg's own build does not relink when
+# FFmpeg's configure runs once per tree; changes in $(SRC), edited there or
+# applied from patches/, only rebuild what depends on them.  FFmpeg's own build does not relink when
 # only the link flags change, so a reconfigured tree drops its binaries.
 $(OBJ)/ffbuild/config.mak: $(SRC)/configure $(B)/config.mk | $(TREE)
 	mkdir -p $(OBJ)

@@ -84,6 +84,11 @@ ANALYTICS_CONFIGS = ["", "async=0", "batch_size=2"]
 ONNX_CONFIG = "async=0:input=x:output=y"
 
 
+def stale(path, source):
+    """Whether path, made by the code in source, is missing or older than it."""
+    return not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(source)
+
+
 def run_ffmpeg(binary, model, w, h, config, frames, backend="torch"):
     vf = "format=rgb24,dnn_processing=dnn_backend=%s:model=%s" % (backend, model)
     if config:
@@ -234,15 +239,14 @@ def main(outdir):
                 rows.append(row_of(case, impl, config,
                                    run_ffmpeg(binary, model, w, h, config, frames)))
         package = os.path.join(MODELS, "bench-%s.pt2" % case) if harness.PACKAGES else None
-        if package and (not os.path.exists(package) or
-                        os.path.getmtime(package) < os.path.getmtime(models.__file__)):
+        if package and stale(package, models.__file__):
             models.compile_package(name, (1, 3, h, w), (), package)
         for config in PACKAGE_CONFIGS if package else ():
             rows.append(row_of(case, "ours .pt2", config,
                                run_ffmpeg(FFMPEG, package, w, h, config, frames)))
         if ONNX:
             onnx_model = os.path.join(MODELS, name + ".onnx")
-            if not os.path.exists(onnx_model) or os.path.getmtime(onnx_model) < os.path.getmtime(models.__file__):
+            if stale(onnx_model, models.__file__):
                 models.export_onnx(name, onnx_model)
             fps, rss, error, ttff = run_ffmpeg(ONNX, onnx_model, w, h, ONNX_CONFIG, frames, "onnx")
             diff = peer_difference(model, onnx_model, w, h)
@@ -290,7 +294,7 @@ def analytics_cases():
     if "yolov8n" in picked:
         case, frames = "yolov8n-%dx%d" % DETECT_SIZE, max(12, int(DETECT_FRAMES * SCALE))
         path = os.path.join(MODELS, "bench-yolov8n.torchscript")
-        if not os.path.exists(path):
+        if stale(path, published.__file__):
             published.yolov8n(path, YOLO_INPUT[0], YOLO_INPUT[1], frame)
         vf = "dnn_detect=dnn_backend=torch:model=%s:model_type=yolov8:input_size=%dx%d:" \
              "letterbox=1" % ((path,) + YOLO_INPUT)
@@ -305,7 +309,7 @@ def analytics_cases():
         boxes_path = os.path.join(MODELS, "bench-fixed-boxes.pt")
         path = os.path.join(MODELS, "bench-mobilenet_v3_small.pt")
         published.fixed_boxes(boxes_path, CLASSIFY_BOXES)
-        if not os.path.exists(path):
+        if stale(path, published.__file__):
             published.mobilenet_v3_small(path)
         vf = "dnn_detect=dnn_backend=torch:model=%s:model_type=boxes:input_size=128x72:" \
              "confidence=0,dnn_classify=dnn_backend=torch:model=%s:input_size=224x224:" \

@@ -28,6 +28,8 @@ mkdir -p "$build"
 configure() {
     (cd "$build" && env $env "$wt/configure" "$@" > configure.log 2>&1) ||
         { tail -n 20 "$build/configure.log"; echo "series: $(subject) does not configure"; exit 1; }
+    # FFmpeg's build does not relink when only the link flags change.
+    rm -f "$build/ffmpeg" "$build/ffmpeg_g"
 }
 subject() { git -C "$wt" log -1 --format='%h %s'; }
 
