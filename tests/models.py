@@ -13,6 +13,7 @@ bit-exactly; the others are compared to PyTorch by PSNR.
 import os
 import sys
 import warnings
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
@@ -508,6 +509,206 @@ class ReturnsFlat(nn.Module):
         return torch.zeros(6)
 
 
+# --- video models: temporal windows (frames=N) and recurrent state -----------
+
+class WindowMean(nn.Module):
+    """The mean of the N frames of a B x N x C x H x W window."""
+
+    def forward(self, x):
+        return x.mean(1)
+
+
+class WindowPick(nn.Module):
+    """Frame k of the window, as it came in: shows which frames the window
+    holds, the edges too."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        return x[:, self.k]
+
+
+class WindowFirst(WindowPick):
+    def __init__(self):
+        super().__init__(0)
+
+
+class WindowLast(WindowPick):
+    """The newest frame of a 5-frame window."""
+
+    def __init__(self):
+        super().__init__(4)
+
+
+class StackedFirst(nn.Module):
+    """The oldest frame of a window stacked in channels, B x (N*3) x H x W."""
+
+    def forward(self, x):
+        return x[:, 0:3]
+
+
+class StackedMean(nn.Module):
+    """The mean of a window stacked in channels, any N."""
+
+    def forward(self, x):
+        return x.view(x.size(0), -1, 3, x.size(2), x.size(3)).mean(1)
+
+
+class RecurrentEMA(nn.Module):
+    """An exponential moving average kept in the state: s = (s + x) / 2,
+    starting from the first frame; exact in float."""
+
+    def forward(self, x, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        s = x if len(state) == 0 else (state[0] + x) * 0.5
+        return s, [s]
+
+
+class WindowEMA(nn.Module):
+    """A window and a state: the moving average of the windows' means."""
+
+    def forward(self, x, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        m = x.mean(1)
+        s = m if len(state) == 0 else (state[0] + m) * 0.5
+        return s, [s]
+
+
+class RecurrentPrevious(nn.Module):
+    """The frame before, kept in the state as it came in: the state is the
+    input tensor itself."""
+
+    def forward(self, x, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        return (x if len(state) == 0 else state[0]), [x]
+
+
+class RecurrentCounter(nn.Module):
+    """Frames since the last reset, 1 on the first, as the sample value of
+    every pixel: count / 255."""
+
+    def forward(self, x, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        n = torch.ones(1, device=x.device) if len(state) == 0 else state[0] + 1
+        return torch.zeros_like(x) + n.view(1, 1, 1, 1) / 255, [n]
+
+
+class RecurrentGrows(nn.Module):
+    """Returns one more state tensor on every call."""
+
+    def forward(self, x, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        return x, state + [torch.zeros(1)]
+
+
+class RecurrentReshapes(nn.Module):
+    """A state whose shape grows on every call."""
+
+    def forward(self, x, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        s = torch.zeros(1) if len(state) == 0 else torch.cat([state[0], state[0]])
+        return x, [s]
+
+
+class RecurrentFails(nn.Module):
+    """Fails on its fourth frame."""
+
+    def forward(self, x, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        n = torch.ones(1) if len(state) == 0 else state[0] + 1
+        if bool(n.item() >= 4):
+            raise RuntimeError("the fourth step fails")
+        return x, [n]
+
+
+class RecurrentPlain(nn.Module):
+    """Returns a tensor where a recurrent model returns (output, state)."""
+
+    def forward(self, x, state: List[torch.Tensor]) -> torch.Tensor:
+        return x
+
+
+class TwoInputs(nn.Module):
+    """forward(x, y): neither a plain nor a recurrent model."""
+
+    def forward(self, x, y):
+        return x + y
+
+
+def _conv(cin, cout):
+    return nn.Conv2d(cin, cout, 3, padding=1)
+
+
+def _stage(cin, cout, last):
+    return nn.Sequential(_conv(cin, cout), nn.LeakyReLU(0.2), _conv(cout, cout),
+                         nn.LeakyReLU(0.2), last)
+
+
+class FNet(nn.Module):
+    """FRVSR's flow network: three encoder stages (two 3x3 convolutions,
+    leaky ReLU 0.2, 2x2 max pooling) of 32, 64, 128 channels, three decoder
+    stages (two 3x3 convolutions, leaky ReLU, x2 bilinear upsampling) of 256,
+    128, 64, then 3x3 to 32 and to 2 channels with tanh: the flow from the
+    previous frame to this one, in [-1, 1] of the frame."""
+
+    def __init__(self):
+        super().__init__()
+        up = lambda: nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False)
+        self.net = nn.Sequential(
+            _stage(6, 32, nn.MaxPool2d(2)), _stage(32, 64, nn.MaxPool2d(2)),
+            _stage(64, 128, nn.MaxPool2d(2)), _stage(128, 256, up()),
+            _stage(256, 128, up()), _stage(128, 64, up()),
+            _conv(64, 32), nn.LeakyReLU(0.2), _conv(32, 2), nn.Tanh())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.a, self.b = _conv(c, c), _conv(c, c)
+
+    def forward(self, x):
+        return x + self.b(F.relu(self.a(x)))
+
+
+class FRVSR(nn.Module):
+    """Frame-recurrent video super-resolution, x4 (Sajjadi, Vemulapalli,
+    Brown, CVPR 2018), in the backend's recurrent contract:
+    forward(x, state) -> (y, state), state = [previous frame, previous
+    output].  FNet estimates the flow between the frames; the previous
+    output, warped by it, goes to low resolution by space-to-depth and with
+    the frame into SRNet: a 3x3 convolution to 64 channels, ten residual
+    blocks, two x2 transposed convolutions, a 3x3 convolution to RGB.  On the
+    first frame the previous frame is the frame itself and the previous
+    output black, as in the paper.  Frame sizes divisible by 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.fnet = FNet()
+        self.srnet = nn.Sequential(
+            _conv(3 + 3 * 16, 64), nn.ReLU(), *[ResBlock(64) for _ in range(10)],
+            nn.ConvTranspose2d(64, 64, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(64, 64, 4, stride=2, padding=1), nn.ReLU(),
+            _conv(64, 3), nn.Sigmoid())
+
+    def warp(self, img, flow):
+        b, _, h, w = img.shape
+        ys = torch.linspace(-1.0, 1.0, h, device=img.device).view(1, h, 1).expand(b, h, w)
+        xs = torch.linspace(-1.0, 1.0, w, device=img.device).view(1, 1, w).expand(b, h, w)
+        grid = torch.stack([xs + flow[:, 0], ys + flow[:, 1]], 3)
+        return F.grid_sample(img, grid, mode="bilinear", padding_mode="border",
+                             align_corners=True)
+
+    def forward(self, x, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        b, _, h, w = x.shape
+        if len(state) == 0:
+            prev, prev_out = x, torch.zeros(b, 3, 4 * h, 4 * w, device=x.device)
+        else:
+            prev, prev_out = state[0], state[1]
+        flow = self.fnet(torch.cat([x, prev], 1)) * 0.1
+        flow = F.interpolate(flow, scale_factor=4.0, mode="bilinear", align_corners=False)
+        warped = F.pixel_unshuffle(self.warp(prev_out, flow), 4)
+        y = self.srnet(torch.cat([x, warped], 1))
+        return y, [x, y]
+
+
 MODELS = {
     "identity": Identity,
     "invert": Invert,
@@ -553,6 +754,21 @@ MODELS = {
     "quantized": Quantized,
     "ret4cols": Returns4Columns,
     "retflat": ReturnsFlat,
+    "win_mean": WindowMean,
+    "win_first": WindowFirst,
+    "win_last": WindowLast,
+    "stacked_first": StackedFirst,
+    "stacked_mean": StackedMean,
+    "rec_ema": RecurrentEMA,
+    "rec_counter": RecurrentCounter,
+    "rec_previous": RecurrentPrevious,
+    "win_ema": WindowEMA,
+    "rec_grows": RecurrentGrows,
+    "rec_reshapes": RecurrentReshapes,
+    "rec_fails": RecurrentFails,
+    "rec_plain": RecurrentPlain,
+    "two_inputs": TwoInputs,
+    "frvsr": FRVSR,
 }
 
 
@@ -571,6 +787,7 @@ PACKAGES = [
     ("conv1x1_batch", "conv1x1", (4, 3, 48, 64), (0, 2, 3)),
     ("det_boxes_160", "det_boxes", (1, 3, 160, 160), ()),
     ("tuple_static", "tuple", (1, 3, 48, 64), ()),
+    ("win_mean_dyn", "win_mean", (1, 5, 3, 48, 64), (3, 4)),
 ]
 
 

@@ -639,6 +639,7 @@ def series_applies_with_git_am_and_each_commit_builds():
 import analytics  # noqa: E402,F401  (registers the dnn_detect and dnn_classify tests)
 import aoti  # noqa: E402,F401  (registers the AOTInductor package tests)
 import yuv  # noqa: E402,F401  (registers the tests of 3-channel models on YUV frames)
+import video  # noqa: E402,F401  (registers the tests of temporal windows and recurrent models)
 
 
 import gpu  # noqa: E402,F401  (registers the CUDA tests of make check-gpu)
