@@ -80,6 +80,18 @@ CLASSIFY_BOXES = [(10, 10, 30, 40), (50, 20, 25, 25), (80, 30, 40, 35), (20, 45,
 ANALYTICS_CONFIGS = ["", "async=0", "batch_size=2"]
 
 
+# Video models (tests/models.py, random weights) against the same model in a
+# Python loop over an ffmpeg pipe: FastDVDnet on 5-frame windows stacked in
+# channels, and FRVSR, x4, carrying its state.  FFmpeg 9.0.2 runs neither.
+# (case, model, width, height, frames, options, kind)
+VIDEO_CASES = [
+    ("fastdvdnet-5-frames-160x96", "fastdvdnet", 160, 96, 30, "frames=5:window=channels", "window"),
+    ("frvsr-x4-64x48", "frvsr", 64, 48, 30, "", "recurrent"),
+]
+VIDEO_CONFIGS = {"window": ["", "async=0", "batch_size=2"],
+                 "recurrent": ["", "async=0", "nireq=3"]}
+
+
 # FFmpeg's ONNX backend has no async mode and takes the tensor names.
 ONNX_CONFIG = "async=0:input=x:output=y"
 
@@ -271,6 +283,7 @@ def main(outdir):
         results += rows
         report(case, rows)
     results += analytics_cases()
+    results += video_cases()
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print("wrote %s" % os.path.join(outdir, "results.json"))
@@ -320,6 +333,60 @@ def analytics_cases():
         got = [b[6][0] for b in side_data(["-f", "lavfi", "-i", src, "-frames:v", "1", "-vf",
                                            "format=rgb24"], vf)[0][0]]
         rows += analytics_case(case, vf, ref, frames, w, h, compare_classes(got, reference(ref, frame)))
+    return rows
+
+
+def video_loop(src, w, h, count, path, kind, window):
+    """Frames per second after the 10th frame of the model over the source's
+    frames from an ffmpeg pipe, as a user writes it: each frame a tensor, the
+    last `window` of them stacked in channels (the first repeated at the
+    start) or the state carried, the output back to 8-bit frames."""
+    import torch
+    net = torch.jit.load(path)
+    torch.set_num_threads(THREADS)
+    recent, state, marks = [], [], []
+    with torch.inference_mode():
+        for frame in published.frames_of(FFMPEG, src, w, h, count):
+            x = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float() / 255
+            if kind == "window":
+                recent = (recent or [x] * window)[1:] + [x]
+                y = net(torch.cat(recent, 1))
+            else:
+                y, state = net(x, state)
+            (y * 255).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+            marks.append(time.monotonic())
+    n = min(10, len(marks)) - 1
+    return (len(marks) - 1 - n) / (marks[-1] - marks[n]) if len(marks) - 1 > n else None
+
+
+def video_cases():
+    rows = []
+    for case, name, w, h, frames, options, kind in VIDEO_CASES:
+        if PICK and name not in PICK:
+            continue
+        frames = max(12, int(frames * SCALE))
+        path = os.path.join(MODELS, name + ".pt")
+        case_rows = []
+        for config in VIDEO_CONFIGS[kind]:
+            opts = ":".join(o for o in (options, config) if o)
+            case_rows.append(row_of(case, "ours", config or "default",
+                                    run_ffmpeg(FFMPEG, path, w, h, opts, frames)))
+        window = int(options.split("frames=")[1].split(":")[0]) if "frames=" in options else 1
+        case_rows.append(row_of(case, "python loop", "torch.jit.load, inference_mode",
+                                (video_loop(source(w, h), w, h, frames, path, kind, window),
+                                 None, None, None)))
+        print("\n%s (%s)" % (case, options or "recurrent"))
+        for r in case_rows:
+            print("  %-12s %-38s %8s %s" % (r["impl"], r["config"],
+                                            "%.2f" % r["fps"] if r["fps"] else "-",
+                                            r.get("error", "")))
+        loop, ours = case_rows[-1]["fps"], [r for r in case_rows if r["impl"] == "ours" and r["fps"]]
+        if loop and ours:
+            best = max(ours, key=lambda r: r["fps"])
+            print("  ours default / python loop: %s; best ours (%s) / python loop: %.2fx" % (
+                "%.2fx" % (case_rows[0]["fps"] / loop) if case_rows[0]["fps"] else "n/a",
+                best["config"], best["fps"] / loop))
+        rows += case_rows
     return rows
 
 

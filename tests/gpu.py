@@ -276,3 +276,22 @@ def same_side_data(a, b):
             if any(ca[0] != cb[0] or not close(ca[1], cb[1]) for ca, cb in zip(ba[6], bb[6])):
                 return False
     return True
+
+
+@gpu_test
+def cuda_frames_through_windows_and_recurrent_models_without_copies():
+    # Windows hold references to CUDA frames; a recurrent model's state stays
+    # on the device: the frames of the CPU path, no frame data crossing.
+    for name, extra in (("win_mean", "frames=5"), ("win_first", "frames=3:batch_size=2"),
+                        ("rec_ema", "nireq=2"), ("rec_previous", ""),
+                        ("win_ema", "frames=3")):
+        opts = "device=cuda" + (":" + extra if extra else "")
+        cpu = process(None, "64x48", 9, "rgb0", "dnn_processing=" + torch_filter(name, extra))
+        gpu, log = cuda_process("64x48", 9, "rgb0", "dnn_processing=" + torch_filter(name, opts),
+                                loglevel="verbose")
+        check(len(gpu) == len(cpu), "%s %s: %d bytes on CUDA frames, %d on the CPU"
+              % (name, extra, len(gpu), len(cpu)))
+        check(max_diff(np.frombuffer(cpu, np.uint8), np.frombuffer(gpu, np.uint8)) <= 1,
+              "%s %s: CUDA frames off from the CPU" % (name, extra))
+        check(copied_bytes(log) == 0, "%s %s: %d bytes of frame data crossed"
+              % (name, extra, copied_bytes(log)))

@@ -709,6 +709,61 @@ class FRVSR(nn.Module):
         return y, [x, y]
 
 
+def _cbr(cin, cout, stride=1, groups=1):
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, groups=groups, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class DenBlock(nn.Module):
+    """FastDVDnet's denoising U-Net on three frames and a noise map: a
+    grouped 3x3 convolution of each frame and the map to 30 channels, then to
+    32; two stride-2 stages to 64 and 128 channels; two pixel-shuffle stages
+    back, with skip connections by addition; the residual is subtracted from
+    the middle frame."""
+
+    def __init__(self):
+        super().__init__()
+        self.inc = nn.Sequential(*_cbr(3 * 4, 3 * 30, groups=3), *_cbr(90, 32))
+        self.down0 = nn.Sequential(*_cbr(32, 64, 2), *_cbr(64, 64), *_cbr(64, 64))
+        self.down1 = nn.Sequential(*_cbr(64, 128, 2), *_cbr(128, 128), *_cbr(128, 128))
+        self.up2 = nn.Sequential(*_cbr(128, 128), *_cbr(128, 128),
+                                 nn.Conv2d(128, 64 * 4, 3, padding=1, bias=False),
+                                 nn.PixelShuffle(2))
+        self.up1 = nn.Sequential(*_cbr(64, 64), *_cbr(64, 64),
+                                 nn.Conv2d(64, 32 * 4, 3, padding=1, bias=False),
+                                 nn.PixelShuffle(2))
+        self.out = nn.Sequential(*_cbr(32, 32), nn.Conv2d(32, 3, 3, padding=1, bias=False))
+
+    def forward(self, a, b, c, noise):
+        x0 = self.inc(torch.cat([a, noise, b, noise, c, noise], 1))
+        x1 = self.down0(x0)
+        x2 = self.up2(self.down1(x1))
+        x1 = self.up1(x1 + x2)
+        return b - self.out(x0 + x1)
+
+
+class FastDVDnet(nn.Module):
+    """FastDVDnet (Tassano, Delon, Veit, CVPR 2020): five frames stacked in
+    channels, N x 15 x H x W, as window=channels gives them; the first
+    DenBlock denoises frames 0-2, 1-3 and 2-4, the second the three results.
+    The noise level, an input of the published network, is fixed here at
+    25/255.  Frame sizes divisible by 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.temp1 = DenBlock()
+        self.temp2 = DenBlock()
+        self.register_buffer("sigma", torch.tensor(25.0 / 255))
+
+    def forward(self, x):
+        f = [x[:, 3 * i:3 * i + 3] for i in range(5)]
+        noise = torch.zeros_like(f[0][:, :1]) + self.sigma
+        y0 = self.temp1(f[0], f[1], f[2], noise)
+        y1 = self.temp1(f[1], f[2], f[3], noise)
+        y2 = self.temp1(f[2], f[3], f[4], noise)
+        return self.temp2(y0, y1, y2, noise)
+
+
 MODELS = {
     "identity": Identity,
     "invert": Invert,
@@ -769,6 +824,7 @@ MODELS = {
     "rec_plain": RecurrentPlain,
     "two_inputs": TwoInputs,
     "frvsr": FRVSR,
+    "fastdvdnet": FastDVDnet,
 }
 
 

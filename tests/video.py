@@ -335,6 +335,17 @@ def recurrent_errors_are_clear():
 
 
 @test
+def fastdvdnet_matches_pytorch():
+    n = 6
+    frames = random_frames(n, seed=16)
+    got, pts = filter_frames(raw_input(frames, "fastdvdnet"),
+                             dnn("fastdvdnet", "frames=5:window=channels:batch_size=2"))
+    check(pts == list(range(n)), "pts %s" % pts)
+    d = max_diff(got, window_reference("fastdvdnet", frames, 5, "channels"))
+    check(d <= 1, "FastDVDnet: off by %d against PyTorch" % d)
+
+
+@test
 def frvsr_matches_its_pytorch_loop():
     n = 5
     frames = random_frames(n, seed=14)
