@@ -132,6 +132,19 @@ def window_shorter_than_the_stream_and_single_frame():
               "%d frames: wrong output" % n)
 
 
+@test
+def window_is_normalized_frame_by_frame():
+    n = 5
+    frames = random_frames(n, seed=17)
+    inp = raw_input(frames, "norm")
+    mean, std = torch.tensor([0.25, 0.5, 0.75]).view(1, 3, 1, 1), 0.5
+    x = (to_tensor(frames) - mean) / std
+    for name, opts in (("win_first", "frames=3"), ("stacked_first", "frames=3:window=channels")):
+        got, _ = filter_frames(inp, dnn(name, opts + ":mean=0.25&0.5&0.75:std=0.5"))
+        want = quantize(x[[max(k - 1, 0) for k in range(n)]])
+        check(max_diff(got, want) <= 1, "%s %s: not normalized per frame" % (name, opts))
+
+
 SIZE_CHANGE = "scale=w='if(lt(n,%d),64,80)':h='if(lt(n,%d),48,60)':eval=frame"
 
 
