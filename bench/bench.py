@@ -6,8 +6,9 @@ the same model, on the CPU, as ratios from one run.
 
 The peer, when ONNX_FFMPEG names an FFmpeg built with its own ONNX Runtime
 backend, runs the same models exported to ONNX.  The dnn_detect and
-dnn_classify cases (bench/published.py) run against the same model in a
-Python loop instead: FFmpeg 9.0.2 runs neither filter on these models.
+dnn_classify cases (bench/published.py) and the video models (a window of
+five frames, a recurrent model) run against the same model in a Python
+loop instead: FFmpeg 9.0.2 runs none of them.
 
 Frames per second are taken from ffmpeg's own progress reports, between the
 10th frame and the last, so that loading the model does not count; time to
