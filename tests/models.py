@@ -860,6 +860,34 @@ def compile_package(net, shape, dynamic, path, device="cpu"):
     os.replace(path + ".tmp.pt2", path)
 
 
+# Recurrent models as packages of two models, "first" exported from
+# forward(x, []) and "next" from forward(x, state): (file, model, example
+# input shape), height and width dynamic.
+RECURRENT_PACKAGES = [
+    ("rec_ema_dyn", "rec_ema", (1, 3, 48, 64)),
+]
+
+
+def compile_recurrent_package(net, shape, path):
+    """The README's recipe for a recurrent model: both programs compiled and
+    put in one package under the names the backend looks for."""
+    from torch._inductor.package import package_aoti
+    torch.manual_seed(1234)
+    model = MODELS[net]().eval()
+    x = torch.rand(shape)
+    hw = {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    # Copies: a state that is the example input itself would be exported
+    # as one input given twice.
+    state = [t.clone() for t in model(x, [])[1]]
+    files = {}
+    for name, st in (("first", []), ("next", state)):
+        ep = torch.export.export(model, (x, st), dynamic_shapes={"x": hw, "state": [hw] * len(st)})
+        files[name] = torch._inductor.aot_compile(ep.module(), (x, st),
+                                                  options={"aot_inductor.package": True})
+    package_aoti(path + ".tmp.pt2", files)
+    os.replace(path + ".tmp.pt2", path)
+
+
 def export_onnx(net, path):
     """Export model net to ONNX for FFmpeg's ONNX backend: input x, output y,
     height and width left free.  Needs the onnx package."""
@@ -884,6 +912,10 @@ def packages(outdir):
         path = os.path.join(outdir, name + ".pt2")
         if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(__file__):
             compile_package(net, shape, dynamic, path)
+    for name, net, shape in RECURRENT_PACKAGES:
+        path = os.path.join(outdir, name + ".pt2")
+        if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(__file__):
+            compile_recurrent_package(net, shape, path)
 
 
 def main(outdir):

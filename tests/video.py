@@ -348,6 +348,24 @@ def recurrent_errors_are_clear():
 
 
 @test
+def recurrent_package_matches_torchscript():
+    # A package of two models, "first" and "next", as the README exports it.
+    if not PACKAGES:
+        return
+    n = 9
+    frames = random_frames(n, seed=18)
+    inp = raw_input(frames, "recpkg")
+    path = os.path.join(MODELS, "rec_ema_dyn.pt2")
+    want = recurrent_reference("rec_ema", frames)
+    for cfg in ("", ":async=0", ":nireq=3"):
+        got, pts = filter_frames(inp, "dnn_processing=dnn_backend=torch:model=" + path + cfg)
+        check(pts == list(range(n)), "package%s: pts %s" % (cfg, pts))
+        check(max_diff(got, want) <= 1, "package%s: not the PyTorch loop's frames" % cfg)
+    expect_error("dnn_processing=dnn_backend=torch:model=%s:model_name=next" % path,
+                 "takes 2 inputs", "'first' and 'next'")
+
+
+@test
 def fastdvdnet_matches_pytorch():
     n = 6
     frames = random_frames(n, seed=16)
