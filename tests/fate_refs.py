@@ -39,16 +39,21 @@ def quantize(y):
     return (y * 255).clamp(0, 255).round().to(torch.uint8)
 
 
-def run_model(m, x, window, recurrent):
+def run_model(m, x, window=1, recurrent=False, layout="time", resets=()):
     """The model on the frames x: all at once; on the window around each
-    frame, the edge frames repeated; or one after the other with the state
-    carried."""
+    frame, the edge frames repeated (stacked in channels with layout
+    "channels"); or one after the other with the state carried, started
+    afresh before the frames in resets."""
     if window == 1 and not recurrent:
         return m(x)
     half, state, out = window // 2, [], []
     for k in range(len(x)):
         idx = [min(max(k + j, 0), len(x) - 1) for j in range(-half, half + 1)]
         inp = x[idx].unsqueeze(0) if window > 1 else x[k:k + 1]
+        if layout == "channels":
+            inp = inp.flatten(1, 2)
+        if k in resets:
+            state = []
         if recurrent:
             y, state = m(inp, state)
         else:

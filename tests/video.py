@@ -10,6 +10,7 @@ import os
 import numpy as np
 import torch
 
+from fate_refs import run_model
 from harness import (MODELS, PACKAGES, as_frames, check, expect_error, max_diff, model,
                      run, test, torch_filter, write)
 
@@ -47,39 +48,12 @@ def quantize(y):
     return (y * 255).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def window_reference(name, frames, n, layout="time"):
-    """The model on the window around each frame, edges repeated."""
-    m = torch.jit.load(model(name))
-    x = to_tensor(frames)
-    half, out = n // 2, []
+def reference(name, frames, window=1, layout="time", recurrent=False, resets=()):
+    """PyTorch on the same frames: on the window around each frame, or in a
+    loop with the state carried (fate_refs.run_model)."""
     with torch.no_grad():
-        for k in range(len(frames)):
-            idx = [min(max(k + j, 0), len(frames) - 1) for j in range(-half, half + 1)]
-            win = x[idx].unsqueeze(0)
-            if layout == "channels":
-                win = win.flatten(1, 2)
-            out.append(m(win))
-    return quantize(torch.cat(out))
-
-
-def recurrent_reference(name, frames, resets=(), window=1):
-    """A PyTorch loop over the frames (or windows of them, edges repeated),
-    the state carried, reset before the frames in resets."""
-    m = torch.jit.load(model(name))
-    x = to_tensor(frames)
-    half, state, out = window // 2, [], []
-    with torch.no_grad():
-        for k in range(len(frames)):
-            if k in resets:
-                state = []
-            if window == 1:
-                inp = x[k:k + 1]
-            else:
-                idx = [min(max(k + j, 0), len(frames) - 1) for j in range(-half, half + 1)]
-                inp = x[idx].unsqueeze(0)
-            y, state = m(inp, state)
-            out.append(y)
-    return quantize(torch.cat(out))
+        return quantize(run_model(torch.jit.load(model(name)), to_tensor(frames), window,
+                                  recurrent, layout, resets))
 
 
 def dnn(name, opts):
@@ -102,7 +76,7 @@ def window_models_match_pytorch_at_both_ends():
         got, pts = filter_frames(inp, dnn(name, opts))
         check(len(got) == n, "%s %s: %d frames out of %d" % (name, opts, len(got), n))
         check(pts == list(range(n)), "%s %s: pts %s" % (name, opts, pts))
-        want = window_reference(name, frames, int(opts.split("=")[1].split(":")[0]), layout)
+        want = reference(name, frames, int(opts.split("=")[1].split(":")[0]), layout)
         d = max_diff(got, want)
         check(d <= 1, "%s %s: off by %d against PyTorch" % (name, opts, d))
 
@@ -128,7 +102,7 @@ def window_shorter_than_the_stream_and_single_frame():
         frames = random_frames(n, seed=3)
         got, pts = filter_frames(raw_input(frames, "short%d" % n), dnn("win_mean", "frames=5"))
         check(len(got) == n and pts == list(range(n)), "%d frames: got %d" % (n, len(got)))
-        check(max_diff(got, window_reference("win_mean", frames, 5)) <= 1,
+        check(max_diff(got, reference("win_mean", frames, 5)) <= 1,
               "%d frames: wrong output" % n)
 
 
@@ -180,7 +154,7 @@ def window_restarts_at_a_size_change():
         got = split_output(out, n)
         nf = int(opts.split("=")[1].split(":")[0])
         for g, s in zip(got, (a, b)):
-            check(max_diff(g, window_reference("win_mean", s, nf)) <= 1,
+            check(max_diff(g, reference("win_mean", s, nf)) <= 1,
                   "%s: wrong output around the size change" % opts)
 
 
@@ -188,6 +162,16 @@ def framemd5_lines(inp, vf):
     rc, out, err = run(inp + ["-vf", vf, "-f", "framemd5", "-"])
     check(rc == 0, "failed: %s\n%s" % (vf, err[-2000:]))
     return [l for l in out.decode().splitlines() if not l.startswith("#")]
+
+
+def same_frames_in_every_config(inp, scale, n, name, opts, configs):
+    """All n frames, and the same ones, with every configuration as with
+    the first."""
+    base = framemd5_lines(inp, scale + "," + dnn(name, opts + configs[0]))
+    check(len(base) == n, "%d frames out of %d" % (len(base), n))
+    for cfg in configs[1:]:
+        got = framemd5_lines(inp, scale + "," + dnn(name, opts + cfg))
+        check(got == base, "%s %s%s differs from %s" % (name, opts, cfg, configs[0]))
 
 
 WINDOW_CONFIGS = ["async=0", "async=1:nireq=1", "async=1:nireq=2", "async=1:nireq=4",
@@ -198,11 +182,7 @@ WINDOW_CONFIGS = ["async=0", "async=1:nireq=1", "async=1:nireq=2", "async=1:nire
 def window_requests_and_batches_give_identical_frames():
     n, cut = 23, 12
     inp, scale, _, _ = size_change_input(n, cut, seed=5)
-    base = framemd5_lines(inp, scale + "," + dnn("win_mean", "frames=5:async=0"))
-    check(len(base) == n, "%d frames out of %d" % (len(base), n))
-    for cfg in WINDOW_CONFIGS[1:]:
-        got = framemd5_lines(inp, scale + "," + dnn("win_mean", "frames=5:" + cfg))
-        check(got == base, "frames=5 with %s differs from async=0" % cfg)
+    same_frames_in_every_config(inp, scale, n, "win_mean", "frames=5:", WINDOW_CONFIGS)
 
 
 @test
@@ -238,7 +218,7 @@ def window_package_matches_torchscript():
     pkg = "dnn_processing=dnn_backend=torch:model=%s:frames=5" % os.path.join(MODELS, "win_mean_dyn.pt2")
     got, pts = filter_frames(inp, pkg)
     check(pts == list(range(n)), "package: pts %s" % pts)
-    check(max_diff(got, window_reference("win_mean", frames, 5)) <= 1, "package: wrong output")
+    check(max_diff(got, reference("win_mean", frames, 5)) <= 1, "package: wrong output")
     rc, _, err = run(inp + ["-vf", pkg.replace("frames=5", "frames=3"), "-f", "null", "-"])
     check(rc != 0 and "takes [1, 5, 3" in err, "package with frames=3: %s" % err[-1500:])
 
@@ -252,7 +232,8 @@ def recurrent_model_matches_a_pytorch_loop():
     inp = raw_input(frames, "ema")
     got, pts = filter_frames(inp, dnn("rec_ema", ""))
     check(pts == list(range(n)), "pts %s" % pts)
-    check(max_diff(got, recurrent_reference("rec_ema", frames)) <= 1, "rec_ema: wrong output")
+    check(max_diff(got, reference("rec_ema", frames, recurrent=True)) <= 1,
+          "rec_ema: wrong output")
 
 
 def counts(frames_out):
@@ -306,7 +287,7 @@ def recurrent_state_resets_at_scene_changes():
     check(counts(got) == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5], "scene_reset: %s" % counts(got))
     got, _ = filter_frames(inp, "scdet," + dnn("rec_counter", ""))
     check(counts(got) == list(range(1, 11)), "without scene_reset: %s" % counts(got))
-    want = recurrent_reference("rec_ema", frames, resets=(5,))
+    want = reference("rec_ema", frames, recurrent=True, resets=(5,))
     got, _ = filter_frames(inp, "scdet," + dnn("rec_ema", "scene_reset=1"))
     check(max_diff(got, want) <= 1, "rec_ema with scene_reset: wrong output")
 
@@ -315,11 +296,9 @@ def recurrent_state_resets_at_scene_changes():
 def recurrent_requests_give_identical_frames():
     n, cut = 17, 9
     inp, scale, _, _ = size_change_input(n, cut, seed=12)
-    base = framemd5_lines(inp, scale + "," + dnn("rec_ema", "async=0"))
-    check(len(base) == n, "%d frames out of %d" % (len(base), n))
-    for cfg in ("async=1:nireq=1", "async=1:nireq=2", "async=1:nireq=4"):
-        got = framemd5_lines(inp, scale + "," + dnn("rec_ema", cfg))
-        check(got == base, "rec_ema with %s differs from async=0" % cfg)
+    same_frames_in_every_config(inp, scale, n, "rec_ema", "",
+                                ["async=0", "async=1:nireq=1", "async=1:nireq=2",
+                                 "async=1:nireq=4"])
 
 
 @test
@@ -329,7 +308,7 @@ def window_and_state_together():
     n = 9
     frames = random_frames(n, seed=13)
     inp = raw_input(frames, "both")
-    want = recurrent_reference("win_ema", frames, window=5)
+    want = reference("win_ema", frames, window=5, recurrent=True)
     for cfg in ("async=0", "nireq=3"):
         got, pts = filter_frames(inp, dnn("win_ema", "frames=5:" + cfg))
         check(pts == list(range(n)), "pts %s" % pts)
@@ -356,7 +335,7 @@ def recurrent_package_matches_torchscript():
     frames = random_frames(n, seed=18)
     inp = raw_input(frames, "recpkg")
     path = os.path.join(MODELS, "rec_ema_dyn.pt2")
-    want = recurrent_reference("rec_ema", frames)
+    want = reference("rec_ema", frames, recurrent=True)
     for cfg in ("", ":async=0", ":nireq=3"):
         got, pts = filter_frames(inp, "dnn_processing=dnn_backend=torch:model=" + path + cfg)
         check(pts == list(range(n)), "package%s: pts %s" % (cfg, pts))
@@ -372,7 +351,7 @@ def fastdvdnet_matches_pytorch():
     got, pts = filter_frames(raw_input(frames, "fastdvdnet"),
                              dnn("fastdvdnet", "frames=5:window=channels:batch_size=2"))
     check(pts == list(range(n)), "pts %s" % pts)
-    d = max_diff(got, window_reference("fastdvdnet", frames, 5, "channels"))
+    d = max_diff(got, reference("fastdvdnet", frames, 5, "channels"))
     check(d <= 1, "FastDVDnet: off by %d against PyTorch" % d)
 
 
@@ -382,5 +361,5 @@ def frvsr_matches_its_pytorch_loop():
     frames = random_frames(n, seed=14)
     got, pts = filter_frames(raw_input(frames, "frvsr"), dnn("frvsr", "nireq=2"), W * 4, H * 4)
     check(pts == list(range(n)), "pts %s" % pts)
-    d = max_diff(got, recurrent_reference("frvsr", frames))
+    d = max_diff(got, reference("frvsr", frames, recurrent=True))
     check(d <= 1, "FRVSR: off by %d against its PyTorch loop" % d)
