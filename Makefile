@@ -53,7 +53,7 @@ SAN_TOOLCHAIN_address := asan
 SAN_TOOLCHAIN_thread  := tsan
 FF_ENV = PKG_CONFIG_PATH=$(FFNVCODEC_PC)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}
 
-.PHONY: all upstream onnx-peer check check-gpu demo bench bench-gpu series series-check clean distclean FORCE
+.PHONY: all upstream onnx-peer check check-gpu demo bench bench-gpu series series-check debian-check clean distclean FORCE
 
 all: $(FFMPEG)
 
@@ -172,6 +172,11 @@ series: $(TREE)
 series-check: $(TREE) $(B)/fate-suite/.stamp
 	SAMPLES=$(CURDIR)/$(B)/fate-suite sh tools/series-check.sh $(SRC) $(B)/series-check \
 	    "$(FF_ENV)" $(FF_CONFIG)
+
+# A distribution build: the stack against Debian 13's libtorch-dev, in a
+# Debian 13 root made with debootstrap (needs root).
+debian-check: $(B)/fate-suite/.stamp
+	sh tools/debian-check.sh $(B)/debian $(FFMPEG_TARBALL) $(B)/fate-suite
 
 # The FATE samples of the DNN tests (their references are in the stack).
 $(B)/fate-suite/.stamp: tests/fate_refs.py tests/models.py $(UPSTREAM)
