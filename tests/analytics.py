@@ -223,6 +223,20 @@ def overflowing_classes_and_scores_are_malformed():
 
 
 @test
+def detect_reads_the_leading_ones_of_other_backends():
+    # OpenVINO's backend gives a 3-D output as [1, 1, N, 6]: the shared
+    # parsers read it as the torch backend's [1, N, 6].
+    rect = (40, 60, 100, 90)
+    src = drawn("320x240", [rect + ("white",)])
+    for name, layout in (("det_boxes", "boxes"), ("det_yolov8", "yolov8")):
+        want, _ = side_data(src, detect(name, layout, "input_size=160x160:letterbox=1"))
+        got, _ = side_data(src, detect(name + "_1", layout, "input_size=160x160:letterbox=1"))
+        check(got == want and len(want) == 1 and want[0],
+              "%s: %s with a leading 1, %s without" % (layout, got, want))
+        check_box(got[0][0], rect, layout)
+
+
+@test
 def boxes_in_the_letterbox_padding_are_dropped():
     frames, _ = side_data(drawn("320x240", []),
                           detect("det_in_padding", "boxes", "input_size=160x160:letterbox=1"))
@@ -316,5 +330,6 @@ def bad_detect_options():
     detect_error("det_boxes", "boxes", "letterbox needs input_size", opts="letterbox=1")
     detect_error("det_boxes", "yolo", "ssd, boxes or yolov8")
     detect_error("gray", "boxes", "format=gray")
+    # input_size and letterbox are options of dnn_detect and dnn_classify.
     expect_error("dnn_processing=dnn_backend=torch:model=%s:input_size=32x32" % model("identity"),
-                 "dnn_detect and dnn_classify")
+                 "Option not found")

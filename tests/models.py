@@ -313,6 +313,19 @@ class DetectYolo(nn.Module):
         return torch.cat([boxes, scores], 1)
 
 
+class LeadingOne(nn.Module):
+    """A detector's output with a dimension of 1 put in front: the shape
+    OpenVINO's backend reports for a 3-D output ([1, 1, N, 6] for [1, N, 6]),
+    whose missing dimensions it fills with 1 where the torch backend gives -1."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x).unsqueeze(1)
+
+
 class DetectColors(nn.Module):
     """One box per pure colour (red, green, blue: class 0, 1, 2) present in
     the frame: [B, 3, 6] post-NMS boxes, score 0 for an absent colour."""
@@ -791,6 +804,8 @@ MODELS = {
     "det_ssd": DetectSSD,
     "det_boxes": DetectBoxes,
     "det_yolov8": DetectYolo,
+    "det_boxes_1": lambda: LeadingOne(DetectBoxes()),
+    "det_yolov8_1": lambda: LeadingOne(DetectYolo()),
     "det_colors": DetectColors,
     "cls_color": ClassifyColor,
     "nms_fixed": NmsFixed,
