@@ -176,7 +176,7 @@ series-check: $(TREE) $(B)/fate-suite/.stamp
 # A distribution build: the stack against Debian 13's libtorch-dev, in a
 # Debian 13 root made with debootstrap (needs root).
 debian-check: $(B)/fate-suite/.stamp
-	sh tools/debian-check.sh $(B)/debian $(FFMPEG_TARBALL) $(B)/fate-suite
+	FILTERS="$(FF_FILTERS)" sh tools/debian-check.sh $(B)/debian $(FFMPEG_TARBALL) $(B)/fate-suite
 
 # The FATE samples of the DNN tests (their references are in the stack).
 $(B)/fate-suite/.stamp: tests/fate_refs.py tests/models.py $(UPSTREAM)

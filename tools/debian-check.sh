@@ -8,7 +8,8 @@
 # ROOT is a Debian 13 (trixie) root file system, made here with
 # debootstrap when it does not exist (needs root and Debian's archive);
 # TARBALL is the FFmpeg 9.0.2 release; SAMPLES the FATE samples
-# (tests/fate_refs.py writes them).  The stack in patches/ is applied with
+# (tests/fate_refs.py writes them); FILTERS the filters to build, those of
+# make all by default.  The stack in patches/ is applied with
 # git am in ROOT/build/ffmpeg and configured with the options of make all,
 # without a LibTorch path: Debian's are the compiler's own, but for the C++
 # API's headers, which packages add by hand.
@@ -35,7 +36,7 @@ grep -v '^#' "$top/patches/series" | grep -v '^[[:space:]]*$' |
     sed "s|^|$top/patches/|" | xargs cp -t "$root/build/patches"
 grep -v '^#' "$top/patches/series" | grep -v '^[[:space:]]*$' > "$root/build/patches/series"
 cp -r "$samples/." "$root/build/samples/"
-filters=$(sed -n 's/^FF_FILTERS := //p' "$top/Makefile" | tr ' ' ',')
+filters=$(echo ${FILTERS:-dnn_processing dnn_detect dnn_classify testsrc2 format} | tr ' ' ',')
 
 cat > "$root/build/run.sh" <<EOF
 set -e
@@ -51,7 +52,7 @@ echo "debian: \$(wc -l < /build/patches/series) patches applied; libtorch-dev \$
     --disable-ffplay --disable-ffprobe --enable-avdevice --enable-indev=lavfi \\
     --enable-filter=$filters \\
     --enable-muxer=null,framecrc,framemd5,rawvideo --enable-demuxer=rawvideo \\
-    --enable-encoder=rawvideo,wrapped_avframe --enable-decoder=rawvideo,wrapped_avframe \\
+    --enable-encoder=rawvideo,wrapped_avframe,pcm_s16le --enable-decoder=rawvideo,wrapped_avframe \\
     --enable-protocol=file,pipe --enable-zlib --enable-libtorch \\
     --extra-cxxflags=-I/usr/include/torch/csrc/api/include > configure.log 2>&1 ||
     { tail -20 configure.log; tail -40 ffbuild/config.log; exit 1; }
@@ -59,6 +60,7 @@ make -j\$(nproc) ffmpeg > build.log 2>&1 || { tail -30 build.log; exit 1; }
 ./ffmpeg -hide_banner -buildconf | grep -o -- '--enable-libtorch'
 ldd ffmpeg | grep -E 'torch|c10' | sed 's/^/debian: /'
 tests=\$(make -s fate-list SAMPLES=/build/samples | grep '^fate-filter-dnn' || true)
+[ -n "\$tests" ] || { echo "debian: no DNN FATE test is listed"; exit 1; }
 for t in \$tests; do
     make \$t SAMPLES=/build/samples > fate.log 2>&1 || { tail -30 fate.log; echo "debian: \$t fails"; exit 1; }
     echo "debian: \$t passes"
