@@ -19,7 +19,17 @@ root=$1
 tarball=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
 samples=$(cd "$3" && pwd)
 suite=${DEBIAN_SUITE:-trixie}
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian archive this machine's apt uses (its security archive aside),
+# unless DEBIAN_MIRROR names one.
+host_mirror() {
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+        /etc/apt/sources.list.d/*.sources 2>/dev/null |
+        sed -n -e 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' \
+               -e 's/^deb[[:space:]]\{1,\}\(\[[^]]*\][[:space:]]*\)\{0,1\}\([^[:space:]]*\).*/\2/p' |
+        grep -v -- '-security' | head -n 1
+}
+mirror=${DEBIAN_MIRROR:-$(host_mirror)}
+[ -n "$mirror" ] || { echo "debian: no Debian archive in /etc/apt; set DEBIAN_MIRROR" >&2; exit 1; }
 packages=build-essential,nasm,pkg-config,git,xz-utils,zlib1g-dev,libtorch-dev
 
 if [ ! -x "$root/usr/bin/apt-get" ]; then
