@@ -621,25 +621,13 @@ def fate_tests_pass_against_pytorch_references():
     check(p.returncode == 0, "make fate-filter-dnn_processing-torch failed:\n" + p.stdout.decode()[-3000:])
 
 
-@test
-def series_applies_with_git_am_and_each_commit_builds():
-    if SANITIZE:
-        return
-    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        p = subprocess.run(["make", "-C", top, "series-check"], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=2700)
-    except subprocess.TimeoutExpired:
-        raise Failure("make series-check did not finish in 45 minutes")
-    check(p.returncode == 0, "make series-check failed:\n" + p.stdout.decode()[-3000:])
-
-
 # --- driver ----------------------------------------------------------------
 
 import analytics  # noqa: E402,F401  (registers the dnn_detect and dnn_classify tests)
 import aoti  # noqa: E402,F401  (registers the AOTInductor package tests)
 import yuv  # noqa: E402,F401  (registers the tests of 3-channel models on YUV frames)
 import video  # noqa: E402,F401  (registers the tests of temporal windows and recurrent models)
+import pipelines  # noqa: E402,F401  (registers the tests of the filters around the backend)
 
 
 import gpu  # noqa: E402,F401  (registers the CUDA tests of make check-gpu)

@@ -1,0 +1,46 @@
+"""The filter among others: what the filters around it hand it, or ask of
+it, must not change its frames.  vflip hands out frames whose line sizes
+are negative, to the filter before it and from the filter after it.
+"""
+
+from harness import check, model, run, test, write
+
+W, H = 64, 48
+# The formats the backend converts, each with a model it takes: 3-channel
+# models on packed RGB and (converted) YUV, 1-channel ones on gray and luma.
+FLIP_CASES = [(fmt, "upx2") for fmt in ("rgb24", "bgr24", "rgba", "bgra", "rgb0", "bgr0",
+                                         "yuv420p", "yuv422p", "yuv444p", "nv12", "p010le")] + \
+             [(fmt, "gray_up2") for fmt in ("gray", "yuv420p", "nv12", "p010le")] + \
+             [("grayf32", "gray")]
+
+
+def raw(args, what):
+    rc, out, err = run(args + ["-f", "rawvideo", "-"])
+    check(rc == 0, "%s failed (%d):\n%s" % (what, rc, err[-2000:]))
+    return out
+
+
+def raw_input(path, fmt, w, h):
+    return ["-f", "rawvideo", "-pix_fmt", fmt, "-s", "%dx%d" % (w, h), "-i", path]
+
+
+@test
+def vflip_before_and_after_gives_the_flipped_frames():
+    src = ["-f", "lavfi", "-i", "testsrc2=s=%dx%d" % (W, H), "-frames:v", "3"]
+    for fmt, name in FLIP_CASES:
+        dnn = "dnn_processing=dnn_backend=torch:model=" + model(name)
+        out_w, out_h = (W, H) if name == "gray" else (2 * W, 2 * H)
+        case = "%s, %s" % (fmt, name)
+
+        # After: the filter writes into the flipped buffers vflip gives it.
+        got = raw(src + ["-vf", "format=%s,%s,vflip" % (fmt, dnn)], case + ", vflip after")
+        plain = write("plain.raw", raw(src + ["-vf", "format=%s,%s" % (fmt, dnn)], case))
+        want = raw(raw_input(plain, fmt, out_w, out_h) + ["-vf", "vflip"], "vflip")
+        check(got == want, "%s: vflip after the filter changes its frames" % case)
+
+        # Before: the filter reads flipped frames; the same frames stored
+        # top-down are the reference.
+        got = raw(src + ["-vf", "format=%s,vflip,%s" % (fmt, dnn)], case + ", vflip before")
+        flipped = write("flipped.raw", raw(src + ["-vf", "format=%s,vflip" % fmt], "vflip"))
+        want = raw(raw_input(flipped, fmt, W, H) + ["-vf", dnn], case)
+        check(got == want, "%s: vflip before the filter changes its frames" % case)
