@@ -26,7 +26,7 @@ STACK := $(addprefix patches/,$(shell grep -v '^\#' patches/series 2>/dev/null))
 
 FF_FILTERS := dnn_processing dnn_detect dnn_classify testsrc2 color drawbox \
               format scale showinfo metadata null hstack loop setpts trim \
-              crop pad split scdet vflip
+              crop pad split scdet vflip fps
 FF_CUDA_FILTERS := hwupload_cuda hwupload hwdownload
 FF_COMMON = --disable-everything --disable-autodetect --disable-doc \
     --disable-ffplay --disable-ffprobe --disable-stripping \

@@ -44,3 +44,22 @@ def vflip_before_and_after_gives_the_flipped_frames():
         flipped = write("flipped.raw", raw(src + ["-vf", "format=%s,vflip" % fmt], "vflip"))
         want = raw(raw_input(flipped, fmt, W, H) + ["-vf", dnn], case)
         check(got == want, "%s: vflip before the filter changes its frames" % case)
+
+
+@test
+def end_of_stream_keeps_the_input_duration():
+    """With frames in flight at the end of the stream, the filter's EOF must
+    come at the input's end: fps after it pads up to that time."""
+    detect = "dnn_detect=dnn_backend=torch:model=%s:model_type=boxes" % model("det_boxes")
+    classify = ("dnn_classify=dnn_backend=torch:input_size=32x32:model=%s:target=nothing"
+                % model("cls_color"))
+    filters = [("dnn_processing=dnn_backend=torch:model=%s:%s" % (model("conv3"), opts))
+               for opts in ("async=1:nireq=4:batch_size=4", "async=1:nireq=2", "async=0")]
+    filters += [detect + ":nireq=4:batch_size=4", classify + ":nireq=4"]
+    for vf in filters:
+        rc, out, err = run(["-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=0.4",
+                            "-vf", "format=rgb24,%s,fps=25" % vf, "-f", "framecrc", "-"])
+        check(rc == 0, "%s failed:\n%s" % (vf, err[-2000:]))
+        frames = [l for l in out.decode().splitlines() if not l.startswith("#")]
+        check(len(frames) == 10, "%d frames out of fps=25 after 10 frames in: %s"
+              % (len(frames), vf))
