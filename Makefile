@@ -45,6 +45,9 @@ TORCH_ABI_FLAG = $(if $(filter 0,$(TORCH_CXX11_ABI)),-D_GLIBCXX_USE_CXX11_ABI=0)
 FF_CONFIG = $(FF_COMMON) --enable-libtorch \
     --extra-cxxflags='-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include$(if $(CUDA_INCLUDE), -I$(CUDA_INCLUDE)) $(TORCH_ABI_FLAG)' \
     --extra-ldflags='-L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib'
+# Our builds are test builds: the backend throws where the tests ask it to
+# (DNN_TORCH_TEST_THROW), to show that no exception leaves it.
+FF_TEST_HOOKS = --extra-cxxflags=-DDNN_TORCH_TEST_THROW
 # The peer loads no LibTorch, so that its memory is its own.
 FF_CONFIG_ONNX = $(FF_COMMON) --enable-libonnxruntime --extra-cflags='-I$(ONNXRUNTIME_INCLUDE)' \
     --extra-ldflags='-L$(ONNXRUNTIME_LIB) -Wl,-rpath,$(ONNXRUNTIME_LIB)'
@@ -93,7 +96,7 @@ TREE := $(SRC)/.git/stack-head
 # only the link flags change, so a reconfigured tree drops its binaries.
 $(OBJ)/ffbuild/config.mak: $(SRC)/configure $(B)/config.mk | $(TREE)
 	mkdir -p $(OBJ)
-	cd $(OBJ) && $(FF_ENV) $(CURDIR)/$(SRC)/configure $(FF_CONFIG) > configure.log 2>&1 || \
+	cd $(OBJ) && $(FF_ENV) $(CURDIR)/$(SRC)/configure $(FF_CONFIG) $(FF_TEST_HOOKS) > configure.log 2>&1 || \
 	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(OBJ)/configure.log"; exit 1; }
 	rm -f $(OBJ)/ffmpeg $(OBJ)/ffmpeg_g
 

@@ -595,6 +595,33 @@ def broken_pipe_with_requests_in_flight():
     check(not SANITIZER_REPORT.search(err), "sanitizer report:\n" + err[-6000:])
 
 
+# Where the backend's test build throws (DNN_TORCH_TEST_THROW), and whether
+# the stream must fail: an exception while freeing the model or logging a
+# warning costs no frame.
+THROW_POINTS = (("load", True), ("get_input", True), ("get_output", True),
+                ("execute", True), ("request", True), ("completion", True),
+                ("flush", True), ("warning", False), ("free", False))
+
+
+@test
+def no_exception_leaves_the_backend():
+    for point, fails in THROW_POINTS:
+        name = "warns" if point == "warning" else "conv3"
+        for cfg in ("async=1:nireq=2", "async=0"):
+            os.environ["DNN_TORCH_TEST_THROW"] = point
+            try:
+                rc, out, err = run(["-f", "lavfi", "-i", "testsrc2=s=64x48:d=0.2", "-vf",
+                                    "format=rgb24,dnn_processing=" + torch_filter(name, cfg),
+                                    "-f", "null", "-"])
+            finally:
+                del os.environ["DNN_TORCH_TEST_THROW"]
+            what = "an exception at %s (%s)" % (point, cfg)
+            check("unexpected error in" in err.lower() and
+                  "test exception at " + point in err,
+                  "%s: no message naming it:\n%s" % (what, err[-2000:]))
+            check((rc != 0) == fails, "%s: exit status %d" % (what, rc))
+
+
 @test
 def optimize_levels_agree():
     base = framemd5("dnn_processing=" + torch_filter("conv1x1", "optimize=0"), 6)
