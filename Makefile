@@ -8,9 +8,12 @@ B := build
 
 PRISTINE := $(B)/ffmpeg-$(FFMPEG_VERSION)
 SRC      := $(B)/src
-# SANITIZE=address|thread builds a separate variant in its own folder.
+# SANITIZE=address|thread, and ASSERT=2 (FFmpeg's --assert-level, whose
+# av_assert1 checks that every frame has its link's size and format), build
+# a separate variant in its own folder.
 SANITIZE ?=
-VARIANT  := ours$(if $(SANITIZE),-$(SANITIZE))
+ASSERT   ?=
+VARIANT  := ours$(if $(SANITIZE),-$(SANITIZE))$(if $(ASSERT),-assert$(ASSERT))
 OBJ      := $(B)/$(VARIANT)
 FFMPEG   := $(OBJ)/ffmpeg
 UPSTREAM := $(B)/upstream/ffmpeg
@@ -39,7 +42,8 @@ FF_COMMON = --disable-everything --disable-autodetect --disable-doc \
     --enable-protocol=file,pipe --enable-zlib \
     $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda --pkg-config=$(PKG_CONFIG)) \
     $(if $(filter no,$(X86ASM)),--disable-x86asm) \
-    $(if $(SANITIZE),--toolchain=gcc-$(SAN_TOOLCHAIN_$(SANITIZE)))
+    $(if $(SANITIZE),--toolchain=gcc-$(SAN_TOOLCHAIN_$(SANITIZE))) \
+    $(if $(ASSERT),--assert-level=$(ASSERT))
 # LibTorch of the old libstdc++ ABI needs the code that calls it built so.
 TORCH_ABI_FLAG = $(if $(filter 0,$(TORCH_CXX11_ABI)),-D_GLIBCXX_USE_CXX11_ABI=0)
 FF_CONFIG = $(FF_COMMON) --enable-libtorch \
@@ -135,8 +139,12 @@ TEST_ENV = FFMPEG=$(CURDIR)/$(FFMPEG) UPSTREAM_FFMPEG=$(CURDIR)/$(UPSTREAM) FFMP
            SANITIZE=$(SANITIZE) MODELS=$(CURDIR)/$(B)/models \
            LIBTORCH_VERSION=$(TORCH_VERSION)
 
-check: $(FFMPEG) $(if $(SANITIZE),,$(UPSTREAM))
-	$(TEST_ENV) $(PYTHON) tests/run.py
+# The pipeline tests also run on an ASSERT=2 build of the same tree.
+ASSERT_FFMPEG := $(B)/ours-assert2/ffmpeg
+
+check: $(FFMPEG) $(if $(SANITIZE)$(ASSERT),,$(UPSTREAM))
+	$(if $(SANITIZE)$(ASSERT),,$(MAKE) ASSERT=2 all)
+	$(TEST_ENV) $(if $(SANITIZE)$(ASSERT),,ASSERT_FFMPEG=$(CURDIR)/$(ASSERT_FFMPEG)) $(PYTHON) tests/run.py
 
 check-gpu: $(FFMPEG)
 	$(TEST_ENV) $(PYTHON) tests/run.py --gpu

@@ -60,12 +60,12 @@ def on_both(name, size, fmt, extra=""):
 
 @gpu_test
 def cuda_device_gives_the_cpu_frames():
-    for name, size, fmt, extra in (("conv1x1", "96x64", "rgb24", ""),
+    for name, size, fmt, extra in (("mix1x1", "96x64", "rgb24", ""),
                                    ("conv3", "160x90", "rgb24", ""),
                                    ("upx2", "80x48", "rgb24", ""),
                                    ("gray", "96x64", "yuv420p", ""),
-                                   ("conv1x1", "96x64", "yuv420p", "channels=3"),
-                                   ("conv1x1", "96x64", "p010le", "channels=3")):
+                                   ("mix1x1", "96x64", "yuv420p", "channels=3"),
+                                   ("mix1x1", "96x64", "p010le", "channels=3")):
         cpu, gpu = on_both(name, size, fmt, extra)
         check(cpu.size == gpu.size, "%s %s: %d bytes on cuda, %d on cpu"
               % (name, fmt, gpu.size, cpu.size))
@@ -112,7 +112,7 @@ if PACKAGES:
 def cuda_frames_give_the_cpu_frames_without_copies():
     """Every sw_format, 3- and 1-channel models, a resizing model: the CUDA
     path equals the CPU path within 1 sample and copies nothing."""
-    cases = [("conv1x1", fmt, "channels=3") for fmt in CUDA_FORMATS]
+    cases = [("mix1x1", fmt, "channels=3") for fmt in CUDA_FORMATS]
     cases += [("gray", fmt, "") for fmt in ("nv12", "p010le", "yuv420p", "yuv444p")]
     cases += [("upx2", "nv12", ""), ("upx2", "bgra", ""), ("gray_up2", "yuv420p", ""), ("gray_up2", "p010le", "")]
     for name, fmt, extra in cases:

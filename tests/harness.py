@@ -14,6 +14,9 @@ import torch
 
 FFMPEG = os.environ["FFMPEG"]
 UPSTREAM = os.environ.get("UPSTREAM_FFMPEG", "")
+# The same tree built with --assert-level=2, where libavfilter asserts that
+# each frame has its link's size and format (make check builds it).
+ASSERT_FFMPEG = os.environ.get("ASSERT_FFMPEG", "")
 MODELS = os.environ["MODELS"]
 SANITIZE = os.environ.get("SANITIZE", "")
 TMP = tempfile.mkdtemp(prefix="dnn-torch-tests-")
@@ -41,6 +44,10 @@ def gpu_test(fn):
 
 class Failure(Exception):
     pass
+
+
+class Skip(Exception):
+    """What a test needs is not here: counted as skipped, never as passed."""
 
 
 def check(cond, msg):
@@ -149,3 +156,4 @@ def write(name, data):
     with open(path, "wb") as f:
         f.write(data)
     return path
+

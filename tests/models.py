@@ -43,6 +43,9 @@ class Affine(nn.Module):
         return x * self.gain + 0.25
 
 
+MIX1X1 = [[0.5, 0.25, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5]]
+
+
 class Conv1x1(nn.Module):
     """Mixes the channels with power-of-two weights: exact."""
 
@@ -55,6 +58,21 @@ class Conv1x1(nn.Module):
                 [0.0, 1.0, 0.0],
                 [0.25, 0.25, 0.5],
             ]).view(3, 3, 1, 1))
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Mix1x1(nn.Module):
+    """Mixes the channels with power-of-two weights that tell R from B: a
+    backend that swapped them on the way in and out would change the output
+    (Conv1x1's weights are the same under that swap)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor(MIX1X1).view(3, 3, 1, 1))
 
     def forward(self, x):
         return self.conv(x)
@@ -234,6 +252,21 @@ class Returns2Channels(nn.Module):
 class ReturnsNaN(nn.Module):
     def forward(self, x):
         return x * float("nan")
+
+
+class TallerEveryOtherCall(nn.Module):
+    """One row taller on every other call: an output size that depends on
+    more than the input size."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls % 2 == 0:
+            return F.pad(x, (0, 0, 0, 1))
+        return x
 
 
 class ReturnsDict(nn.Module):
@@ -782,6 +815,7 @@ MODELS = {
     "invert": Invert,
     "affine": Affine,
     "conv1x1": Conv1x1,
+    "mix1x1": Mix1x1,
     "conv3": Conv3,
     "upx2": UpscaleX2,
     "conv_heavy": ConvHeavy,
@@ -797,6 +831,7 @@ MODELS = {
     "tuple": ReturnsTuple,
     "ret2ch": Returns2Channels,
     "nan": ReturnsNaN,
+    "taller": TallerEveryOtherCall,
     "dict": ReturnsDict,
     "two": ReturnsTwo,
     "two_by_name": ReturnsTwoByName,

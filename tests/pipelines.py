@@ -3,7 +3,10 @@ it, must not change its frames.  vflip hands out frames whose line sizes
 are negative, to the filter before it and from the filter after it.
 """
 
-from harness import check, model, run, test, write
+import os
+import re
+
+from harness import ASSERT_FFMPEG, FFMPEG, TMP, check, model, run, test, torch_filter, write
 
 W, H = 64, 48
 # The formats the backend converts, each with a model it takes: 3-channel
@@ -63,3 +66,44 @@ def end_of_stream_keeps_the_input_duration():
         frames = [l for l in out.decode().splitlines() if not l.startswith("#")]
         check(len(frames) == 10, "%d frames out of fps=25 after 10 frames in: %s"
               % (len(frames), vf))
+
+
+def sizes_after(args, vf, binary=None):
+    """The size of each frame the filter sends, as showinfo after it sees it."""
+    rc, out, err = run(args + ["-vf", vf + ",showinfo", "-f", "null", "-"], binary,
+                       loglevel="info")
+    check(rc == 0, "%s failed (%d):\n%s" % (vf, rc, err[-2000:]))
+    return re.findall(r"\] n: *\d+ .* s:(\d+x\d+) ", err)
+
+
+@test
+def frames_leave_with_the_size_of_their_link():
+    # A size change inside the graph, and one the CLI leaves to the graph
+    # (-reinit_filter 0): the output link follows the model's output size
+    # for the new input size, as scale's own does, and every frame has it
+    # (the --assert-level=2 build aborts on a frame that does not).
+    resize = "scale=w='if(lt(n,3),64,80)':h='if(lt(n,3),48,60)':eval=frame"
+    src = ["-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=0.24"]
+    pattern = os.path.join(TMP, "sizes%d.png")
+    for start, size in ((1, "64x48"), (4, "80x60")):
+        rc, _, err = run(["-y", "-f", "lavfi", "-i", "testsrc2=s=%s:r=25" % size, "-frames:v", "3",
+                          "-pix_fmt", "rgb24", "-start_number", str(start), pattern])
+        check(rc == 0, "could not write the PNG frames: " + err)
+    # (A filter that passes frames on as they come, format among them, would
+    # trip the assertion on its own output link: scale follows the size.)
+    pngs = ["-reinit_filter", "0", "-framerate", "25", "-i", pattern]
+    for args, vf in ((src, "format=rgb24," + resize), (pngs, "scale=w=iw:h=ih:eval=frame")):
+        want = ["%dx%d" % (2 * int(s.split("x")[0]), 2 * int(s.split("x")[1]))
+                for s in sizes_after(args, vf)]
+        check(len(set(want)) == 2, "the source does not change size: %s" % want)
+        for cfg in ("", "async=0", "nireq=4:batch_size=4"):
+            for binary in filter(None, (FFMPEG, ASSERT_FFMPEG)):
+                got = sizes_after(args, vf + ",dnn_processing=" + torch_filter("upx2", cfg),
+                                  binary)
+                check(got == want, "%s, %s, %s: sizes %s, want %s"
+                      % (binary, vf, cfg or "defaults", got, want))
+    # A model whose output size changes from call to call is an error.
+    rc, out, err = run(src + ["-vf", "format=rgb24,dnn_processing=" +
+                              torch_filter("taller", "async=0"), "-f", "null", "-"])
+    check(rc != 0 and "must depend on the input size alone" in err,
+          "exit %d, log:\n%s" % (rc, err[-2000:]))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import models
 from harness import check, model, run, test
 
 W, H = 96, 64
@@ -83,7 +84,7 @@ def reference(data, fmt, matrix, full, mix):
     return q(luma * ys + yo), q(down(chroma[0]) * cs + co), q(down(chroma[1]) * cs + co)
 
 
-CONV1X1 = [[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.25, 0.25, 0.5]]
+MIX1X1 = models.MIX1X1
 IDENTITY = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
 
 
@@ -100,7 +101,7 @@ def rgb_model_on_yuv_frames_matches_the_formulas():
                                   ("scale=out_color_matrix=smpte240m:out_range=tv,", "smpte240m",
                                    False)):
             vf = "format=rgb24," + tag + "format=" + fmt
-            for name, mix in (("identity", IDENTITY), ("conv1x1", CONV1X1)):
+            for name, mix in (("identity", IDENTITY), ("mix1x1", MIX1X1)):
                 src = frames(TESTSRC, vf, fmt)
                 got = planes(frames(TESTSRC, vf + "," + dnn(name), fmt), fmt)
                 want = reference(src, fmt, matrix, full, mix)
@@ -118,9 +119,9 @@ def rgb_model_on_yuv_frames_round_trip_and_swscale():
         check(np.abs(out - src).max() <= 1, "%s: identity changes the frames by %d"
               % (fmt, np.abs(out - src).max()))
     # Without subsampling swscale is a reference: to RGB, the model, back.
-    ours = frames(TESTSRC, "format=yuv444p," + dnn("conv1x1"))
+    ours = frames(TESTSRC, "format=yuv444p," + dnn("mix1x1"))
     theirs = frames(TESTSRC, "format=yuv444p,format=rgb24,%s,format=yuv444p"
-                    % dnn("conv1x1").replace(":channels=3", ""))
+                    % dnn("mix1x1").replace(":channels=3", ""))
     check(np.abs(ours - theirs).max() <= 1, "yuv444p: off by %d from swscale"
           % np.abs(ours - theirs).max())
 
@@ -143,8 +144,8 @@ def packed_rgb_with_a_fourth_byte():
     for fmt in ("rgba", "bgra", "rgb0", "bgr0"):
         inp = frames(src, "format=" + fmt).reshape(2, H, W, 4)
         out = frames(src, "format=%s,dnn_processing=dnn_backend=torch:model=%s"
-                     % (fmt, model("conv1x1"))).reshape(2, H, W, 4)
-        mix = np.array(CONV1X1)
+                     % (fmt, model("mix1x1"))).reshape(2, H, W, 4)
+        mix = np.array(MIX1X1)
         want = np.clip(np.round(np.einsum("oc,nhwc->nhwo", mix, inp[..., :3] / 255.0) * 255), 0, 255)
         check(np.abs(out[..., :3] - want).max() == 0, "%s: colour differs from the 1x1 conv" % fmt)
         check(np.array_equal(out[..., 3], inp[..., 3]), "%s: fourth byte not kept" % fmt)

@@ -49,7 +49,13 @@ for c in $(git -C "$tree" rev-list --reverse pristine..HEAD); do
         make -C "$build" "$t" SAMPLES="$SAMPLES" > "$log" 2>&1 ||
             { tail -n 30 "$log"; echo "series: $t fails at $(subject)"; exit 1; }
     done
-    echo "series: $(subject): builds${fate:+, passes $(echo $fate | wc -w) FATE tests}"
+    count=$(echo $fate | wc -w)
+    # A commit that lists fewer tests than the one before lost some.
+    [ "$count" -ge "${most:-0}" ] ||
+        { echo "series: $(subject) lists $count FATE tests, the commit before $most"; exit 1; }
+    most=$count
+    echo "series: $(subject): builds${fate:+, passes $count FATE tests}"
 done
+[ "${most:-0}" -gt 0 ] || { echo "series: no commit lists a DNN FATE test"; exit 1; }
 git -C "$tree" worktree remove --force "$wt"
 echo "series: each of the $n commits builds and passes the FATE tests it has"
