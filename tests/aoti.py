@@ -7,6 +7,10 @@ LibTorch under test is older than 2.10, a package must be refused instead.
 """
 
 import os
+import random
+import shutil
+import string
+import tempfile
 import zipfile
 
 import torch
@@ -188,16 +192,36 @@ def loader_folders(library):
 
 @package_test
 def failed_package_load_leaves_no_folder_behind():
+    # A library that does not load is found in a folder of the backend's
+    # own, under TMPDIR, before LibTorch's loader (which would leave its
+    # extraction folder behind) sees it; nothing else in /tmp is touched,
+    # not even a folder that looks like the loader's (another process may
+    # be loading the same package).
     src = package("conv1x1_static")
     library = [n for n in zipfile.ZipFile(src).namelist() if n.endswith(".so")][0]
 
     def break_library(name, data):
         return b"not a library" if name.endswith(".so") else data
     path = rewrite_package(src, os.path.join(TMP, "broken_library.pt2"), edit=break_library)
+    while True:
+        lookalike = "/tmp/" + "".join(random.choice(string.ascii_letters) for _ in range(6))
+        if not os.path.exists(lookalike):
+            break
+    os.makedirs(os.path.join(lookalike, "pkg", "data", "aotinductor", "model"))
+    open(os.path.join(lookalike, "pkg", "data", "aotinductor", "model",
+                      os.path.basename(library)), "wb").close()
+    tmpdir = tempfile.mkdtemp(dir=TMP)
     before = loader_folders(os.path.basename(library))
-    expect_error(torch_vf(path), "Could not load AOTInductor package")
+    os.environ["TMPDIR"] = tmpdir
+    try:
+        expect_error(torch_vf(path), "does not load here")
+    finally:
+        del os.environ["TMPDIR"]
     left = loader_folders(os.path.basename(library)) - before
     check(not left, "the failed load left %s behind" % sorted(left))
+    check(os.listdir(tmpdir) == [], "the backend left %s in TMPDIR" % os.listdir(tmpdir))
+    check(os.path.isdir(lookalike), "the backend removed %s, a folder it did not make" % lookalike)
+    shutil.rmtree(lookalike)
 
 
 def package_refused_by_an_older_libtorch():
