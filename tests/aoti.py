@@ -6,6 +6,7 @@ the same frames as the TorchScript models within 1 per sample.  Where the
 LibTorch under test is older than 2.10, a package must be refused instead.
 """
 
+import json
 import os
 import random
 import shutil
@@ -123,6 +124,32 @@ def package_with_several_models():
     ref = process(None, "64x48", 2, "rgb24", torch_vf(model("conv1x1")))
     check(max_diff(as_frames(got, 64, 48, 3), as_frames(ref, 64, 48, 3)) <= 1,
           "model_name=second does not run the model")
+
+
+@package_test
+def package_shapes_come_from_its_metadata():
+    # Not from the generated C++, whose wording any PyTorch release may
+    # change: a package whose sources are blank (LibTorch's loader still
+    # wants their names) checks its shapes, and one without the metadata
+    # key is refused.
+    src = package("conv1x1_static")
+    path = rewrite_package(src, os.path.join(TMP, "no_sources.pt2"),
+                           edit=lambda name, data: b"" if name.endswith(".cpp") else data)
+    got = process(None, "64x48", 2, "rgb24", torch_vf(path))
+    ref = process(None, "64x48", 2, "rgb24", torch_vf(model("conv1x1")))
+    check(max_diff(as_frames(got, 64, 48, 3), as_frames(ref, 64, 48, 3)) <= 1,
+          "the package without its sources gives other frames")
+    expect_error(torch_vf(path), "takes [1, 3, 48, 64]", "gets [1, 3, 60, 80]", size="80x60")
+
+    def forget_shapes(name, data):
+        if name.endswith("wrapper_metadata.json"):
+            meta = json.loads(data)
+            check("dnn_input_shapes" in meta, "models.py wrote no dnn_input_shapes")
+            del meta["dnn_input_shapes"]
+            return json.dumps(meta).encode()
+        return data
+    path = rewrite_package(src, os.path.join(TMP, "no_shapes.pt2"), edit=forget_shapes)
+    expect_error(torch_vf(path), "does not say which input shapes", "dnn_input_shapes")
 
 
 @package_test

@@ -897,6 +897,28 @@ PACKAGES = [
 ]
 
 
+def input_shapes(ep):
+    """The README's metadata: the shapes an exported program's inputs take,
+    as the backend reads them from the package ("dnn_input_shapes"): per
+    input, each dimension N, or MIN-MAX (MIN- without a bound), inputs
+    separated by ';'."""
+    from torch.utils._sympy.numbers import int_oo
+    user = set(ep.graph_signature.user_inputs)
+    shapes = []
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" or node.name not in user:
+            continue
+        dims = []
+        for d in node.meta["val"].shape:
+            if isinstance(d, int):
+                dims.append(str(d))
+            else:
+                r = ep.range_constraints[d.node.expr]
+                dims.append("%d-%s" % (int(r.lower), "" if r.upper is int_oo else int(r.upper)))
+        shapes.append(",".join(dims))
+    return ";".join(shapes)
+
+
 def compile_package(net, shape, dynamic, path, device="cpu"):
     """Export model net with an example input of shape, the dimensions in
     dynamic left free, and compile it for device into the package path:
@@ -906,7 +928,9 @@ def compile_package(net, shape, dynamic, path, device="cpu"):
     dims = {d: torch.export.Dim.DYNAMIC for d in dynamic}
     ep = torch.export.export(model, (torch.rand(shape, device=device),),
                              dynamic_shapes={"x": dims})
-    torch._inductor.aoti_compile_and_package(ep, package_path=path + ".tmp.pt2")
+    torch._inductor.aoti_compile_and_package(
+        ep, package_path=path + ".tmp.pt2",
+        inductor_configs={"aot_inductor.metadata": {"dnn_input_shapes": input_shapes(ep)}})
     os.replace(path + ".tmp.pt2", path)
 
 
@@ -932,8 +956,10 @@ def compile_recurrent_package(net, shape, path):
     files = {}
     for name, st in (("first", []), ("next", state)):
         ep = torch.export.export(model, (x, st), dynamic_shapes={"x": hw, "state": [hw] * len(st)})
-        files[name] = torch._inductor.aot_compile(ep.module(), (x, st),
-                                                  options={"aot_inductor.package": True})
+        files[name] = torch._inductor.aot_compile(
+            ep.module(), (x, st),
+            options={"aot_inductor.package": True,
+                     "aot_inductor.metadata": {"dnn_input_shapes": input_shapes(ep)}})
     package_aoti(path + ".tmp.pt2", files)
     os.replace(path + ".tmp.pt2", path)
 
