@@ -25,8 +25,19 @@ from harness import *  # noqa: E402,F401,F403
 def help_lists_torch_options():
     rc, out, err = run(["-h", "filter=dnn_processing"])
     text = out.decode()
-    for opt in ("torch", "optimize", "channels", "threads", "batch_size", "nireq"):
-        check(opt in text, "option %s missing from -h filter=dnn_processing" % opt)
+    check(rc == 0, "-h filter=dnn_processing failed:\n" + err[-2000:])
+    # Each under the class that owns it, with its help text.
+    sections = dict(re.findall(r"^(\S+) AVOptions:\n((?:[ ].*\n)*)", text, re.M))
+    want = {"dnn_processing": ("torch",), "dnn_base": ("nireq", "async", "device", "device_id"),
+            "dnn_th": ("optimize", "channels", "threads", "batch_size", "mean", "std",
+                       "model_name", "frames", "window")}
+    for section, opts in want.items():
+        check(section in sections, "no %s section in -h filter=dnn_processing:\n%s"
+              % (section, text))
+        for opt in opts:
+            line = re.search(r"^ +%s +<?\w*>? +\S+ +(.+)$" % opt, sections[section], re.M)
+            check(line and len(line.group(1)) > 10, "%s: option %s without its help text"
+                  % (section, opt))
 
 
 @test
@@ -525,7 +536,8 @@ def cuda_device_without_gpu():
 
 @test
 def unknown_device():
-    expect_error("dnn_processing=" + torch_filter("identity") + ":device=tpu", "device")
+    expect_error("dnn_processing=" + torch_filter("identity") + ":device=tpu",
+                 "invalid device 'tpu'", "expected one of cpu, cuda")
 
 
 @test
@@ -533,8 +545,11 @@ def zero_frames():
     path = write("zero.rgb", b"")
     rc, out, err = run(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x48", "-i", path,
                         "-vf", "dnn_processing=" + torch_filter("conv3"),
-                        "-f", "rawvideo", "-"])
+                        "-f", "rawvideo", "-"], loglevel="warning")
+    check(rc == 0, "zero frames: exit %d:\n%s" % (rc, err[-2000:]))
     check(out == b"", "output from zero frames")
+    check("Output file is empty" in err and "dnn" not in err.lower(),
+          "zero frames: want only ffmpeg's empty-output warning:\n" + err[-2000:])
 
 
 # --- size changes, requests and batches ------------------------------------
