@@ -60,9 +60,9 @@ OURS_CONFIGS = ["", "async=0", "async=1:nireq=1", "async=1:nireq=2", "async=1:ni
                 "optimize=freeze", "async=0:optimize=freeze"]
 # The same model as an AOTInductor package, compiled for the case's size.
 PACKAGE_CONFIGS = ["", "async=0"]
-# The limit's runs do not fault their memory in again at every call: the
-# filter keeps LibTorch's large host tensors for the next frame, and glibc
-# does the same for a bare program told so.
+# The limit's runs do not fault their memory in again at every call: glibc
+# keeps freed memory when told so, which only the process's owner can do
+# for ffmpeg (README, Benchmarks: what it is worth there).
 NO_UNMAP = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296:" \
            "glibc.malloc.arena_max=1"
 
