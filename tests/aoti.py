@@ -238,17 +238,20 @@ def failed_package_load_leaves_no_folder_behind():
     open(os.path.join(lookalike, "pkg", "data", "aotinductor", "model",
                       os.path.basename(library)), "wb").close()
     tmpdir = tempfile.mkdtemp(dir=TMP)
-    before = loader_folders(os.path.basename(library))
-    os.environ["TMPDIR"] = tmpdir
     try:
-        expect_error(torch_vf(path), "does not load here")
+        before = loader_folders(os.path.basename(library))
+        os.environ["TMPDIR"] = tmpdir
+        try:
+            expect_error(torch_vf(path), "does not load here")
+        finally:
+            del os.environ["TMPDIR"]
+        left = loader_folders(os.path.basename(library)) - before
+        check(not left, "the failed load left %s behind" % sorted(left))
+        check(os.listdir(tmpdir) == [], "the backend left %s in TMPDIR" % os.listdir(tmpdir))
+        check(os.path.isdir(lookalike), "the backend removed %s, a folder it did not make"
+              % lookalike)
     finally:
-        del os.environ["TMPDIR"]
-    left = loader_folders(os.path.basename(library)) - before
-    check(not left, "the failed load left %s behind" % sorted(left))
-    check(os.listdir(tmpdir) == [], "the backend left %s in TMPDIR" % os.listdir(tmpdir))
-    check(os.path.isdir(lookalike), "the backend removed %s, a folder it did not make" % lookalike)
-    shutil.rmtree(lookalike)
+        shutil.rmtree(lookalike, ignore_errors=True)
 
 
 def package_refused_by_an_older_libtorch():

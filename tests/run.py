@@ -283,8 +283,12 @@ def most_threads(args, env):
     p = subprocess.Popen([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"] + args,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          env=dict(sanitizer_env(), **env))
-    most = 0
+    most, deadline = 0, time.monotonic() + TIMEOUT
     while p.poll() is None:
+        if time.monotonic() > deadline:
+            p.kill()
+            p.wait()
+            raise Failure("hang: no exit after %d s: %s" % (TIMEOUT, " ".join(args)))
         try:
             most = max(most, len(os.listdir("/proc/%d/task" % p.pid)))
         except OSError:
