@@ -10,7 +10,8 @@ PRISTINE := $(B)/ffmpeg-$(FFMPEG_VERSION)
 SRC      := $(B)/src
 # SANITIZE=address|thread, and ASSERT=2 (FFmpeg's --assert-level, whose
 # av_assert1 checks that every frame has its link's size and format), build
-# a separate variant in its own folder.
+# a separate variant in its own folder.  The ASSERT variant also enables
+# OpenVINO when ./configure found it, as a distribution's build would.
 SANITIZE ?=
 ASSERT   ?=
 VARIANT  := ours$(if $(SANITIZE),-$(SANITIZE))$(if $(ASSERT),-assert$(ASSERT))
@@ -43,7 +44,7 @@ FF_COMMON = --disable-everything --disable-autodetect --disable-doc \
     $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda --pkg-config=$(PKG_CONFIG)) \
     $(if $(filter no,$(X86ASM)),--disable-x86asm) \
     $(if $(SANITIZE),--toolchain=gcc-$(SAN_TOOLCHAIN_$(SANITIZE))) \
-    $(if $(ASSERT),--assert-level=$(ASSERT))
+    $(if $(ASSERT),--assert-level=$(ASSERT) $(if $(OPENVINO_PC),--enable-libopenvino))
 # LibTorch of the old libstdc++ ABI needs the code that calls it built so.
 TORCH_ABI_FLAG = $(if $(filter 0,$(TORCH_CXX11_ABI)),-D_GLIBCXX_USE_CXX11_ABI=0)
 FF_CONFIG = $(FF_COMMON) --enable-libtorch \
@@ -58,7 +59,7 @@ FF_CONFIG_ONNX = $(FF_COMMON) --enable-libonnxruntime --extra-cflags='-I$(ONNXRU
 comma := ,
 SAN_TOOLCHAIN_address := asan
 SAN_TOOLCHAIN_thread  := tsan
-FF_ENV = PKG_CONFIG_PATH=$(FFNVCODEC_PC)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}
+FF_ENV = PKG_CONFIG_PATH=$(subst $() ,:,$(strip $(FFNVCODEC_PC) $(OPENVINO_PC)))$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}
 
 .PHONY: all upstream onnx-peer check check-gpu demo bench bench-gpu series series-check debian-check clean distclean FORCE
 
@@ -139,12 +140,15 @@ TEST_ENV = FFMPEG=$(CURDIR)/$(FFMPEG) UPSTREAM_FFMPEG=$(CURDIR)/$(UPSTREAM) FFMP
            SANITIZE=$(SANITIZE) MODELS=$(CURDIR)/$(B)/models \
            LIBTORCH_VERSION=$(TORCH_VERSION)
 
-# The pipeline tests also run on an ASSERT=2 build of the same tree.
+# The pipeline tests also run on an ASSERT=2 build of the same tree, and the
+# OpenVINO tests on it when it has OpenVINO.
 ASSERT_FFMPEG := $(B)/ours-assert2/ffmpeg
+SECOND_BUILD_ENV = ASSERT_FFMPEG=$(CURDIR)/$(ASSERT_FFMPEG) \
+    $(if $(OPENVINO_PC),OPENVINO_FFMPEG=$(CURDIR)/$(ASSERT_FFMPEG))
 
 check: $(FFMPEG) $(if $(SANITIZE)$(ASSERT),,$(UPSTREAM))
 	$(if $(SANITIZE)$(ASSERT),,$(MAKE) ASSERT=2 all)
-	$(TEST_ENV) $(if $(SANITIZE)$(ASSERT),,ASSERT_FFMPEG=$(CURDIR)/$(ASSERT_FFMPEG)) $(PYTHON) tests/run.py
+	$(TEST_ENV) $(if $(SANITIZE)$(ASSERT),,$(SECOND_BUILD_ENV)) $(PYTHON) tests/run.py
 
 check-gpu: $(FFMPEG)
 	$(TEST_ENV) $(PYTHON) tests/run.py --gpu

@@ -26,12 +26,12 @@ def drawn(size, boxes, frames=1, fmt="rgb24", background="black"):
     return ["-f", "lavfi", "-i", g, "-vf", "format=" + fmt]
 
 
-def side_data(args, vf, expect_ok=True):
+def side_data(args, vf, expect_ok=True, binary=None):
     """Run vf,showinfo; return per frame a list of (x0, y0, x1, y1, label,
     confidence, [(class label, confidence)]), and ffmpeg's log."""
     args = list(args)
     args[-1] += "," + vf + ",showinfo"
-    rc, out, err = run(args + ["-f", "null", "-"], loglevel="info")
+    rc, out, err = run(args + ["-f", "null", "-"], binary, loglevel="info")
     if expect_ok:
         check(rc == 0, "ffmpeg failed (%d) on %s:\n%s" % (rc, vf, err[-3000:]))
     frames = []

@@ -3,9 +3,11 @@
     python tests/fate_refs.py SAMPLES REFDIR    (FFMPEG names an ffmpeg)
 
 Writes the models into SAMPLES/dnn-torch/ and, into REFDIR, each test's
-framecrc reference with the frame checksums computed from PyTorch's output on
-the same frames.  ffmpeg only decodes the source and writes the header lines:
-it runs without dnn_processing.
+framecrc reference: for dnn_processing, the frame checksums computed from
+PyTorch's output on the same frames; for dnn_detect, the frames with the
+rectangle the source draws outlined by drawbox at its known place, as the
+test outlines the box the detector finds.  ffmpeg runs without the DNN
+filters: it decodes the source, draws and writes the header lines.
 """
 
 import os
@@ -20,18 +22,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models  # noqa: E402
 
 SRC = "testsrc2=s=64x48:r=25:d=0.4,format="
+# At 25 fps testsrc2 repeats some 64x48 frames; a window test needs frames
+# that all differ, or a window in the wrong order could give the same output.
+DISTINCT_SRC = "testsrc2=s=64x48:r=10:d=1,format="
 W, H = 64, 48
-TESTS = {  # test name: (pixel format, model, frames of its window, recurrent)
-    "filter-dnn_processing-torch-rgb24": ("rgb24", "conv1x1", 1, False),
-    "filter-dnn_processing-torch-yuv420p": ("yuv420p", "gray", 1, False),
-    "filter-dnn_processing-torch-window": ("rgb24", "win_mean", 3, False),
-    "filter-dnn_processing-torch-recurrent": ("rgb24", "rec_ema", 1, True),
+TESTS = {  # test name: (source, pixel format, model, frames of its window, recurrent)
+    "filter-dnn_processing-torch-rgb24": (SRC, "rgb24", "conv1x1", 1, False),
+    "filter-dnn_processing-torch-yuv420p": (SRC, "yuv420p", "gray", 1, False),
+    "filter-dnn_processing-torch-window": (DISTINCT_SRC, "rgb24", "win_weighted", 3, False),
+    "filter-dnn_processing-torch-recurrent": (SRC, "rgb24", "rec_ema", 1, True),
+}
+# dnn_detect: a white rectangle on black, (frame size, x, y, w, h, format).
+DETECT_TESTS = {
+    "filter-dnn_detect-torch-boxes": ("200x100", 30, 20, 50, 40, "rgb24"),
+    "filter-dnn_detect-torch-yolov8-letterbox": ("320x240", 40, 60, 100, 90, "rgb24"),
+    "filter-dnn_detect-torch-ssd-yuv420p": ("320x240", 40, 60, 100, 90, "yuv420p"),
 }
 
 
-def ffmpeg(fmt, args):
+def ffmpeg(src, args):
     cmd = [os.environ["FFMPEG"], "-nostdin", "-hide_banner", "-loglevel", "error",
-           "-f", "lavfi", "-i", SRC + fmt, "-bitexact"] + args
+           "-f", "lavfi", "-i", src, "-bitexact"] + args
     return subprocess.run(cmd, stdout=subprocess.PIPE, check=True).stdout
 
 
@@ -81,24 +92,42 @@ def output_frames(fmt, model, raw, window=1, recurrent=False):
     return out
 
 
-def reference(fmt, model, window, recurrent):
-    header = ffmpeg(fmt, ["-f", "framecrc", "-"]).decode()
+def reference(src, fmt, model, window, recurrent):
+    header = ffmpeg(src + fmt, ["-f", "framecrc", "-"]).decode()
     lines = [l for l in header.splitlines() if l.startswith("#")]
-    frames = output_frames(fmt, model, ffmpeg(fmt, ["-f", "rawvideo", "-"]), window, recurrent)
+    raw = ffmpeg(src + fmt, ["-f", "rawvideo", "-"])
+    if window > 1:
+        per = W * H * (3 if fmt == "rgb24" else 1.5)
+        frames = [raw[int(i * per):int((i + 1) * per)] for i in range(int(len(raw) // per))]
+        assert len(set(frames)) == len(frames), "the window test's source repeats frames"
+    frames = output_frames(fmt, model, raw, window, recurrent)
     for i, data in enumerate(frames):
         # framecrc's Adler-32 starts from 0, not from zlib's 1
         lines.append("0, %10d, %10d, %8d, %8d, 0x%08x" % (i, i, 1, len(data), zlib.adler32(data, 0)))
     return "\n".join(lines) + "\n"
 
 
+def detect_reference(size, x, y, w, h, fmt):
+    """The drawn rectangle outlined where it is, by drawbox: what the test
+    draws where the detector says it is."""
+    src = ("color=c=black:s=%s:r=25:d=0.12,drawbox=x=%d:y=%d:w=%d:h=%d:color=white:t=fill,"
+           "format=%s" % (size, x, y, w, h, fmt))
+    return ffmpeg(src, ["-vf", "drawbox=x=%d:y=%d:w=%d:h=%d:color=red" % (x, y, w, h),
+                        "-f", "framecrc", "-"]).decode()
+
+
 def main(samples, refdir):
     os.makedirs(os.path.join(samples, "dnn-torch"), exist_ok=True)
     models.main(os.path.join(samples, "dnn-torch"))
     os.makedirs(refdir, exist_ok=True)
-    for name, (fmt, model, window, recurrent) in TESTS.items():
-        ref = reference(fmt, os.path.join(samples, "dnn-torch", model + ".pt"), window, recurrent)
+    for name, (src, fmt, model, window, recurrent) in TESTS.items():
+        ref = reference(src, fmt, os.path.join(samples, "dnn-torch", model + ".pt"), window,
+                        recurrent)
         with open(os.path.join(refdir, name), "w") as f:
             f.write(ref)
+    for name, args in DETECT_TESTS.items():
+        with open(os.path.join(refdir, name), "w") as f:
+            f.write(detect_reference(*args))
 
 
 if __name__ == "__main__":

@@ -564,6 +564,14 @@ class WindowMean(nn.Module):
         return x.mean(1)
 
 
+class WindowWeighted(nn.Module):
+    """The frames of a 3-frame window weighted by their place, the oldest
+    most: a window put together in another order gives other frames."""
+
+    def forward(self, x):
+        return x[:, 0] * 0.625 + x[:, 1] * 0.25 + x[:, 2] * 0.125
+
+
 class WindowPick(nn.Module):
     """Frame k of the window, as it came in: shows which frames the window
     holds, the edges too."""
@@ -860,6 +868,7 @@ MODELS = {
     "ret4cols": Returns4Columns,
     "retflat": ReturnsFlat,
     "win_mean": WindowMean,
+    "win_weighted": WindowWeighted,
     "win_first": WindowFirst,
     "win_last": WindowLast,
     "stacked_first": StackedFirst,

@@ -28,8 +28,9 @@ def help_lists_torch_options():
     check(rc == 0, "-h filter=dnn_processing failed:\n" + err[-2000:])
     # Each under the class that owns it, with its help text.
     sections = dict(re.findall(r"^(\S+) AVOptions:\n((?:[ ].*\n)*)", text, re.M))
-    want = {"dnn_processing": ("torch",), "dnn_base": ("nireq", "async", "device", "device_id"),
-            "dnn_th": ("optimize", "channels", "threads", "batch_size", "mean", "std",
+    want = {"dnn_processing": ("torch",),
+            "dnn_base": ("nireq", "async", "batch_size", "device", "device_id"),
+            "dnn_th": ("optimize", "channels", "threads_per_request", "norm_mean", "norm_std",
                        "model_name", "frames", "window")}
     for section, opts in want.items():
         check(section in sections, "no %s section in -h filter=dnn_processing:\n%s"
@@ -147,7 +148,7 @@ def nothing_is_set_for_the_whole_process():
         f.write(PROCESS_WIDE_SHIM)
     subprocess.run(["cc", "-shared", "-fPIC", "-o", shim, src, "-ldl"], check=True)
     env = dict(os.environ, LD_PRELOAD=shim)
-    for cfg in ("", "async=0", "nireq=3:threads=2", "batch_size=2"):
+    for cfg in ("", "async=0", "nireq=3:threads_per_request=2", "batch_size=2"):
         args = source("64x48", 4)
         args[-1] += ",dnn_processing=" + torch_filter("conv3", cfg)
         p = subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error"] + args + ["-f", "null", "-"],
@@ -304,7 +305,8 @@ def threads_are_the_requests_own():
     # Each filter's count is its own: no warning, no conflict.
     args = source("64x48", 2)
     args[-1] += ",dnn_processing=%s,dnn_processing=%s" % (
-        torch_filter("identity", "threads=1"), torch_filter("identity", "threads=2"))
+        torch_filter("identity", "threads_per_request=1"),
+        torch_filter("identity", "threads_per_request=2"))
     rc, out, err = run(args + ["-f", "null", "-"], loglevel="warning")
     check(rc == 0 and "thread" not in err.lower(),
           "two thread counts: exit %d, log:\n%s" % (rc, err[-2000:]))
@@ -489,7 +491,7 @@ def xpu_device_without_an_xpu():
     expect_error("dnn_processing=" + torch_filter("identity", "device=xpu"), "no XPU device")
 
 
-IMAGENET = "mean=0.485&0.456&0.406:std=0.229&0.224&0.225"
+IMAGENET = "norm_mean=0.485&0.456&0.406:norm_std=0.229&0.224&0.225"
 
 
 @test
@@ -509,16 +511,16 @@ def mean_and_std_normalise_the_input_as_torchvision_does():
     y = models.MODELS["squash"]()((x - 0.5) / 0.25)
     want = (y * 255).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     got = as_frames(process(FFMPEG, "64x48", 3, "rgb24", "dnn_processing=" +
-                            torch_filter("squash", "mean=0.5:std=0.25")), 64, 48, 3)
+                            torch_filter("squash", "norm_mean=0.5:norm_std=0.25")), 64, 48, 3)
     check(max_diff(got, want) <= 1, "one mean and std: differs by %d" % max_diff(got, want))
 
 
 @test
 def mean_and_std_of_the_wrong_length():
-    expect_error("dnn_processing=" + torch_filter("squash", "mean=0.5&0.5"),
-                 "mean has 2 values", "3 channels")
-    expect_error("dnn_processing=" + torch_filter("gray", "std=0.5&0.5&0.5"),
-                 "std 3", "takes 1 channel:", fmt="gray")
+    expect_error("dnn_processing=" + torch_filter("squash", "norm_mean=0.5&0.5"),
+                 "norm_mean has 2 values", "3 channels")
+    expect_error("dnn_processing=" + torch_filter("gray", "norm_std=0.5&0.5&0.5"),
+                 "norm_std 3", "takes 1 channel:", fmt="gray")
 
 
 @test
@@ -716,10 +718,11 @@ def fate_tests_pass_against_pytorch_references():
             check(a.read() == b.read(), "tests/ref/fate/%s in the stack is not PyTorch's "
                   "output; regenerate it with tests/fate_refs.py" % name)
     build = os.path.dirname(FFMPEG)
-    p = subprocess.run(["make", "-C", build, "fate-filter-dnn_processing-torch", "SAMPLES=" + samples],
+    targets = ["fate-filter-dnn_processing-torch", "fate-filter-dnn_detect-torch"]
+    p = subprocess.run(["make", "-C", build] + targets + ["SAMPLES=" + samples],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT * 3)
     out = p.stdout.decode()
-    check(p.returncode == 0, "make fate-filter-dnn_processing-torch failed:\n" + out[-3000:])
+    check(p.returncode == 0, "make %s failed:\n%s" % (" ".join(targets), out[-3000:]))
     ran = set(re.findall(r"^TEST +(\S+)", out, re.M))
     missing = sorted(set(os.listdir(refs)) - ran)
     check(not missing, "FATE did not run %s:\n%s" % (", ".join(missing), out[-3000:]))
@@ -732,6 +735,7 @@ import aoti  # noqa: E402,F401  (registers the AOTInductor package tests)
 import yuv  # noqa: E402,F401  (registers the tests of 3-channel models on YUV frames)
 import video  # noqa: E402,F401  (registers the tests of temporal windows and recurrent models)
 import pipelines  # noqa: E402,F401  (registers the tests of the filters around the backend)
+import backends  # noqa: E402,F401  (registers the tests of a build with OpenVINO too)
 
 
 import gpu  # noqa: E402,F401  (registers the CUDA tests of make check-gpu)

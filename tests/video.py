@@ -114,7 +114,7 @@ def window_is_normalized_frame_by_frame():
     mean, std = torch.tensor([0.25, 0.5, 0.75]).view(1, 3, 1, 1), 0.5
     x = (to_tensor(frames) - mean) / std
     for name, opts in (("win_first", "frames=3"), ("stacked_first", "frames=3:window=channels")):
-        got, _ = filter_frames(inp, dnn(name, opts + ":mean=0.25&0.5&0.75:std=0.5"))
+        got, _ = filter_frames(inp, dnn(name, opts + ":norm_mean=0.25&0.5&0.75:norm_std=0.5"))
         want = quantize(x[[max(k - 1, 0) for k in range(n)]])
         check(max_diff(got, want) <= 1, "%s %s: not normalized per frame" % (name, opts))
 
