@@ -93,6 +93,29 @@ class Conv3(nn.Module):
         return x + 0.1 * torch.tanh(self.c3(y))
 
 
+class ConvBN(nn.Module):
+    """Convolutions with batch norms of non-trivial statistics, which
+    optimize=freeze folds into the convolutions (a different float result,
+    the same frames within 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 3, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(3)
+        with torch.no_grad():
+            for bn in (self.bn1, self.bn2):
+                n = bn.num_features
+                bn.running_mean.copy_(torch.linspace(-0.2, 0.3, n))
+                bn.running_var.copy_(torch.linspace(0.5, 2.0, n))
+                bn.weight.copy_(torch.linspace(0.8, 1.2, n))
+                bn.bias.copy_(torch.linspace(-0.1, 0.1, n))
+
+    def forward(self, x):
+        return x + 0.2 * torch.tanh(self.bn2(self.c2(F.relu(self.bn1(self.c1(x))))))
+
+
 class ConvHeavy(nn.Module):
     """A heavier conv net for the GPU benchmark: 240 multiply-adds a pixel,
     about 1 GFLOP a 1080p frame."""
@@ -825,6 +848,7 @@ MODELS = {
     "conv1x1": Conv1x1,
     "mix1x1": Mix1x1,
     "conv3": Conv3,
+    "conv_bn": ConvBN,
     "upx2": UpscaleX2,
     "conv_heavy": ConvHeavy,
     "conv16": Conv16,
