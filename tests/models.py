@@ -10,6 +10,7 @@ that float arithmetic computes without rounding, so they are compared
 bit-exactly; the others are compared to PyTorch by PSNR.
 """
 
+import math
 import os
 import sys
 import warnings
@@ -114,6 +115,47 @@ class ConvBN(nn.Module):
 
     def forward(self, x):
         return x + 0.2 * torch.tanh(self.bn2(self.c2(F.relu(self.bn1(self.c1(x))))))
+
+
+class RepeatChannel(nn.Module):
+    """Channel k of the input in all three: on YUV frames the output luma is
+    what the model got in that channel, chroma interpolation included."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        return x[:, self.k:self.k + 1].expand(-1, 3, -1, -1).contiguous()
+
+
+class RepeatRed(RepeatChannel):
+    def __init__(self):
+        super().__init__(0)
+
+
+class RepeatBlue(RepeatChannel):
+    def __init__(self):
+        super().__init__(2)
+
+
+# A smooth picture known in floating point, as SmoothPicture makes it:
+# (wavelengths along x and y in pixels, phase) of the sine of R, G and B.
+SMOOTH = ((37.0, 53.0, 0.0), (29.0, -41.0, 1.5), (47.0, 31.0, 1.0))
+
+
+class SmoothPicture(nn.Module):
+    """SMOOTH at the input's size, in 8-bit steps, whatever the input."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        yy = torch.arange(h, dtype=torch.float64, device=x.device).view(h, 1)
+        xx = torch.arange(w, dtype=torch.float64, device=x.device).view(1, w)
+        planes = [0.5 + 0.35 * torch.sin(2 * math.pi * (xx / 37.0 + yy / 53.0)),
+                  0.5 + 0.35 * torch.sin(2 * math.pi * (xx / 29.0 - yy / 41.0) + 1.5),
+                  0.5 + 0.35 * torch.sin(2 * math.pi * (xx / 47.0 + yy / 31.0) + 1.0)]
+        p = torch.stack(planes).mul(255).round().div(255).to(x.dtype)
+        return p.unsqueeze(0).expand(b, -1, -1, -1).contiguous()
 
 
 class ConvHeavy(nn.Module):
@@ -849,6 +891,9 @@ MODELS = {
     "mix1x1": Mix1x1,
     "conv3": Conv3,
     "conv_bn": ConvBN,
+    "repeat_red": RepeatRed,
+    "repeat_blue": RepeatBlue,
+    "smooth_picture": SmoothPicture,
     "upx2": UpscaleX2,
     "conv_heavy": ConvHeavy,
     "conv16": Conv16,
