@@ -105,7 +105,7 @@ def detect_finds_the_drawn_box_in_each_layout():
 @test
 def detect_on_yuv_and_gray_frames():
     rect = (40, 60, 100, 90)
-    for fmt in ("yuv420p", "nv12", "yuv444p", "gray"):
+    for fmt in ("yuv420p", "nv12", "yuv444p", "p010le", "gray", "rgba", "bgr0"):
         frames, _ = side_data(drawn("320x240", [rect + ("white",)], fmt=fmt),
                               detect("det_boxes", "boxes", "input_size=160x160:letterbox=1"))
         check(len(frames) == 1 and len(frames[0]) == 1, "%s: %s" % (fmt, frames))
