@@ -61,7 +61,7 @@ SAN_TOOLCHAIN_address := asan
 SAN_TOOLCHAIN_thread  := tsan
 FF_ENV = PKG_CONFIG_PATH=$(subst $() ,:,$(strip $(FFNVCODEC_PC) $(OPENVINO_PC)))$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}
 
-.PHONY: all upstream onnx-peer check check-gpu demo bench bench-gpu series series-check debian-check clean distclean FORCE
+.PHONY: all upstream onnx-peer check check-gpu demo bench bench-gpu series series-check werror-check debian-check clean distclean FORCE
 
 all: $(FFMPEG)
 
@@ -187,6 +187,11 @@ series: $(TREE)
 series-check: $(TREE) $(B)/fate-suite/.stamp
 	SAMPLES=$(CURDIR)/$(B)/fate-suite sh tools/series-check.sh $(SRC) $(B)/series-check \
 	    "$(FF_ENV)" $(FF_CONFIG)
+
+# The series' DNN code compiled again with -Werror (LibTorch's headers as
+# system headers), CUDA path included when ./configure enabled CUDA frames.
+werror-check: $(FFMPEG)
+	sh tools/werror-check.sh $(OBJ) $(if $(filter yes,$(CUDA_FRAMES)),cuda)
 
 # A distribution build: the stack against Debian 13's libtorch-dev, in a
 # Debian 13 root made with debootstrap (needs root).

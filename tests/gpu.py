@@ -100,8 +100,10 @@ def cuda_package():
                                  "dnn_processing=" + torch_filter("conv1x1")), np.uint8)
     check(max_diff(got, want) <= 1, "cuda package off by %d" % max_diff(got, want))
     expect_error("dnn_processing=dnn_backend=torch:model=" + path, "compiled for cuda")
-    expect_error("dnn_processing=dnn_backend=torch:model=%s:device=cuda"
-                 % model("conv1x1").replace(".pt", "_dyn.pt2"), "compiled for cpu")
+    cpu_path = os.path.join(TMP, "conv1x1_cpu.pt2")
+    models.compile_package("conv1x1", (1, 3, 48, 64), (2, 3), cpu_path)
+    expect_error("dnn_processing=dnn_backend=torch:model=%s:device=cuda" % cpu_path,
+                 "compiled for cpu")
 
 
 if PACKAGES:

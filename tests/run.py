@@ -774,16 +774,34 @@ def run_tests(tests):
     return 1 if failed else 0
 
 
+def listed_gpus():
+    """The GPUs nvidia-smi lists, whatever torch makes of them."""
+    try:
+        p = subprocess.run(["nvidia-smi", "-L"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [l for l in p.stdout.decode(errors="replace").splitlines() if l.startswith("GPU ")]
+
+
 def main():
     argv = [a for a in sys.argv[1:] if a != "--gpu"]
     on_gpu = "--gpu" in sys.argv[1:]
     if on_gpu and not torch.cuda.is_available():
+        gpus = listed_gpus()
+        if gpus:
+            # A GPU this torch cannot use is a broken setup, not a skip.
+            print("FAIL the machine has %s, and torch %s cannot use it (CUDA %s)"
+                  % ("; ".join(gpus), torch.__version__, torch.version.cuda))
+            print("0 passed, 1 failed")
+            sys.exit(1)
         # Nothing ran: the summary says so, so that it is not read as a pass.
         print("0 passed, 0 failed, %d skipped: no GPU" % len(GPU_TESTS))
         sys.exit(0)
     os.makedirs(MODELS, exist_ok=True)
     models.main(MODELS)
-    if PACKAGES:
+    # The GPU tests compile the packages they run themselves, for CUDA.
+    if PACKAGES and not on_gpu:
         models.packages(MODELS)
     tests = GPU_TESTS if on_gpu else TESTS
     sys.exit(run_tests([t for t in tests if not argv or any(a in t.__name__ for a in argv)]))
