@@ -24,7 +24,8 @@ OPENVINO_FFMPEG = os.environ.get("OPENVINO_FFMPEG", "")
 
 def needs_openvino():
     if not OPENVINO_FFMPEG:
-        raise Skip("no build with OpenVINO (./configure found no openvino wheel)")
+        raise Skip("no build with OpenVINO here (make check builds one when "
+                   "./configure installed the openvino wheel)")
     try:
         import openvino  # noqa: F401
     except ImportError:
