@@ -728,8 +728,10 @@ def fate_tests_pass_against_pytorch_references():
                   "output; regenerate it with tests/fate_refs.py" % name)
     build = os.path.dirname(FFMPEG)
     targets = ["fate-filter-dnn_processing-torch", "fate-filter-dnn_detect-torch"]
+    # FATE's ffmpeg runs get the sanitizer settings the other tests' runs get.
     p = subprocess.run(["make", "-C", build] + targets + ["SAMPLES=" + samples],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT * 3)
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT * 3,
+                       env=sanitizer_env())
     out = p.stdout.decode()
     check(p.returncode == 0, "make %s failed:\n%s" % (" ".join(targets), out[-3000:]))
     ran = set(re.findall(r"^TEST +(\S+)", out, re.M))
