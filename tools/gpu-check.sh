@@ -61,7 +61,7 @@ if [ $dry = 1 ]; then
     note "dry run: no GPU expected"
 else
     export PY="$python"
-    step device 60 sh -c 'nvidia-smi --query-gpu=name,driver_version,memory.total \
+    step device 20 sh -c 'nvidia-smi --query-gpu=name,driver_version,memory.total \
         --format=csv,noheader && "$PY" -c "import torch; print(torch.__version__,
         torch.version.cuda, torch.cuda.get_device_name(0))"' ||
         { note "no GPU that this torch can use: stopping"; exit 1; }
@@ -69,7 +69,7 @@ else
 fi
 
 # No registry is reachable on the GPU machine: nothing to install there.
-step configure 120 ./configure --ffmpeg-tarball="$deps/ffmpeg-9.0.2.tar.xz" \
+step configure 40 ./configure --ffmpeg-tarball="$deps/ffmpeg-9.0.2.tar.xz" \
     --ffnvcodec="$nvheaders" \
     --python="$python" --openvino=no || exit 1
 grep -q '^TORCH_CUDA = yes' build/config.mk ||
@@ -77,14 +77,14 @@ grep -q '^TORCH_CUDA = yes' build/config.mk ||
 grep -q '^CUDA_FRAMES = yes' build/config.mk ||
     { note "the build has no CUDA frames (see $out/configure.log)"; failed=1; }
 
-step build 300 make -j"$jobs" JOBS="$jobs" all upstream || exit 1
+step build 180 make -j"$jobs" JOBS="$jobs" all upstream || exit 1
 grep -q '^#define HAVE_LIBTORCH_CUDA 1$' build/ours/config.h ||
     { note "FFmpeg's configure found no LibTorch CUDA: the CUDA path is not built"; failed=1; }
 
-step check-gpu 240 make check-gpu
+step check-gpu 150 make check-gpu
 grep -E '^[0-9]+ passed, [0-9]+ failed' "$out/check-gpu.log" | tail -n 1 | sed 's/^/check-gpu: /' >> "$summary"
 
-step bench-gpu 150 make bench-gpu BENCH_FRAMES="${BENCH_FRAMES:-200}"
+step bench-gpu 90 make bench-gpu BENCH_FRAMES="${BENCH_FRAMES:-200}"
 [ -f build/bench/results-gpu.json ] && cp build/bench/results-gpu.json "$out/"
 
 note "done: $( [ $failed = 0 ] && echo 'every step passed' || echo 'a step failed' )"
