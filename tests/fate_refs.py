@@ -38,6 +38,11 @@ DETECT_TESTS = {
     "filter-dnn_detect-torch-yolov8-letterbox": ("320x240", 40, 60, 100, 90, "rgb24"),
     "filter-dnn_detect-torch-ssd-yuv420p": ("320x240", 40, 60, 100, 90, "yuv420p"),
 }
+# dnn_classify: red, green and blue rectangles on black, (x, y, w, h); the
+# detector labels them by class index, the classifier by colour name.
+CLASSIFY_SIZE = (320, 240)
+CLASSIFY_RECTS = [(20, 20, 60, 40, "red"), (120, 40, 50, 50, "lime"), (200, 120, 80, 60, "blue")]
+CLASSIFY_LABELS = ["red", "green", "blue"]
 
 
 def ffmpeg(src, args):
@@ -116,6 +121,35 @@ def detect_reference(size, x, y, w, h, fmt):
                         "-f", "framecrc", "-"]).decode()
 
 
+def classify_reference(samples):
+    """What showinfo prints of each frame's boxes: the detector and the
+    classifier run by PyTorch on the frames, the classifier on each box
+    resized to its 32x32 input."""
+    w, h = CLASSIFY_SIZE
+    src = "color=c=black:s=%dx%d:r=25:d=0.08" % (w, h)
+    for x, y, bw, bh, c in CLASSIFY_RECTS:
+        src += ",drawbox=x=%d:y=%d:w=%d:h=%d:color=%s:t=fill" % (x, y, bw, bh, c)
+    raw = ffmpeg(src + ",format=rgb24", ["-f", "rawvideo", "-"])
+    frames = torch.from_numpy(np.frombuffer(raw, np.uint8).copy()).view(-1, h, w, 3)
+    detector = torch.jit.load(os.path.join(samples, "dnn-torch", "det_colors.pt"))
+    classifier = torch.jit.load(os.path.join(samples, "dnn-torch", "cls_color.pt"))
+    lines = []
+    for frame in frames:
+        x = frame.permute(2, 0, 1).unsqueeze(0).float() / 255
+        boxes = [b for b in detector(x)[0].tolist() if b[4] > 0.5]
+        for i, (x0, y0, x1, y1, score, cls) in enumerate(boxes):
+            # corners in input pixels, the frame's here
+            x0, y0, x1, y1 = (int(round(v)) for v in (x0, y0, x1, y1))
+            crop = torch.nn.functional.interpolate(x[:, :, y0:y1, x0:x1], size=(32, 32),
+                                                   mode="bilinear", antialias=True)
+            p = classifier(crop).softmax(1)[0]
+            lines.append("index: %d,\tregion: (%d, %d) -> (%d, %d), label: %d, confidence: "
+                         "%d/10000." % (i, x0, y0, x1, y1, int(cls), round(score * 10000)))
+            lines.append("\t\tclassify:  label: %s, confidence: %d/10000."
+                         % (CLASSIFY_LABELS[int(p.argmax())], int(p.max() * 10000)))
+    return "\n".join(lines) + "\n"
+
+
 def main(samples, refdir):
     os.makedirs(os.path.join(samples, "dnn-torch"), exist_ok=True)
     models.main(os.path.join(samples, "dnn-torch"))
@@ -128,6 +162,10 @@ def main(samples, refdir):
     for name, args in DETECT_TESTS.items():
         with open(os.path.join(refdir, name), "w") as f:
             f.write(detect_reference(*args))
+    with open(os.path.join(samples, "dnn-torch", "colors.txt"), "w") as f:
+        f.write("\n".join(CLASSIFY_LABELS) + "\n")
+    with open(os.path.join(refdir, "filter-dnn_classify-torch-rgb24"), "w") as f:
+        f.write(classify_reference(samples))
 
 
 if __name__ == "__main__":

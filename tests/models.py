@@ -319,6 +319,16 @@ class ReturnsNaN(nn.Module):
         return x * float("nan")
 
 
+class NaNAtOneSample(nn.Module):
+    """The input, with NaN at one sample of the last channel: a check that
+    samples only part of the output misses it."""
+
+    def forward(self, x):
+        x = x.clone()
+        x[:, -1, 5, 7] = float("nan")
+        return x
+
+
 class TallerEveryOtherCall(nn.Module):
     """One row taller on every other call: an output size that depends on
     more than the input size."""
@@ -908,6 +918,7 @@ MODELS = {
     "tuple": ReturnsTuple,
     "ret2ch": Returns2Channels,
     "nan": ReturnsNaN,
+    "nan_one": NaNAtOneSample,
     "taller": TallerEveryOtherCall,
     "dict": ReturnsDict,
     "two": ReturnsTwo,

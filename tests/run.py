@@ -534,6 +534,14 @@ def nan_output():
 
 
 @test
+def nan_at_one_sample_in_every_conversion():
+    # Packed 8-bit, RGB into YUV planes, 1 channel into Y, and ATen's path
+    # for deep and float formats each look for NaN their own way.
+    for fmt in ("rgb24", "bgr0", "yuv420p", "nv12", "gray", "p010le", "grayf32"):
+        expect_error("dnn_processing=" + torch_filter("nan_one"), "NaN", fmt=fmt)
+
+
+@test
 def cuda_device_without_gpu():
     if torch.cuda.is_available():
         raise Skip("there is a GPU")
@@ -727,7 +735,8 @@ def fate_tests_pass_against_pytorch_references():
             check(a.read() == b.read(), "tests/ref/fate/%s in the stack is not PyTorch's "
                   "output; regenerate it with tests/fate_refs.py" % name)
     build = os.path.dirname(FFMPEG)
-    targets = ["fate-filter-dnn_processing-torch", "fate-filter-dnn_detect-torch"]
+    targets = ["fate-filter-dnn_processing-torch", "fate-filter-dnn_detect-torch",
+               "fate-filter-dnn_classify-torch"]
     # FATE's ffmpeg runs get the sanitizer settings the other tests' runs get.
     p = subprocess.run(["make", "-C", build] + targets + ["SAMPLES=" + samples],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT * 3,
@@ -735,7 +744,10 @@ def fate_tests_pass_against_pytorch_references():
     out = p.stdout.decode()
     check(p.returncode == 0, "make %s failed:\n%s" % (" ".join(targets), out[-3000:]))
     ran = set(re.findall(r"^TEST +(\S+)", out, re.M))
-    missing = sorted(set(os.listdir(refs)) - ran)
+    # The batch tests share the references of the tests they repeat.
+    want = set(os.listdir(refs)) | {"filter-dnn_processing-torch-rgb24-batch",
+                                     "filter-dnn_classify-torch-rgb24-batch"}
+    missing = sorted(want - ran)
     check(not missing, "FATE did not run %s:\n%s" % (", ".join(missing), out[-3000:]))
 
 
