@@ -93,6 +93,17 @@ VIDEO_CONFIGS = {"window": ["", "async=0", "batch_size=2"],
                  "recurrent": ["", "async=0", "nireq=3"]}
 
 
+# Tiles (tile_size) against whole frames: the peak RSS of a few 3840x2160
+# frames through the two-layer x2 conv net, whose activations for a whole
+# frame take gigabytes, and its speed at 1280x720.
+# (case, model, width, height, frames, options)
+TILE_CASES = [
+    ("tiles-upx2_5x5-3840x2160", "upx2_5x5", 3840, 2160, 3, "tile_size=512x512:tile_overlap=8"),
+    ("tiles-upx2_5x5-1280x720", "upx2_5x5", 1280, 720, 24, "tile_size=256x256:tile_overlap=8"),
+]
+TILE_CONFIGS = ["", "async=0", "batch_size=4"]
+
+
 # FFmpeg's ONNX backend has no async mode and takes the tensor names.
 ONNX_CONFIG = "async=0:input=x:output=y"
 
@@ -285,6 +296,7 @@ def main(outdir):
         report(case, rows)
     results += analytics_cases()
     results += video_cases()
+    results += tile_cases()
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print("wrote %s" % os.path.join(outdir, "results.json"))
@@ -388,6 +400,30 @@ def video_cases():
                 "%.2fx" % (case_rows[0]["fps"] / loop) if case_rows[0]["fps"] else "n/a",
                 best["config"], best["fps"] / loop))
         rows += case_rows
+    return rows
+
+
+def tile_cases():
+    rows = []
+    for case, name, w, h, frames, tiles in TILE_CASES:
+        if PICK and "tiles" not in PICK and name not in PICK:
+            continue
+        path = os.path.join(MODELS, name + ".pt")
+        print("\n%s (%s)" % (case, tiles))
+        for config in TILE_CONFIGS:
+            whole = row_of(case, "ours", config or "default",
+                           run_ffmpeg(FFMPEG, path, w, h, config, frames))
+            tiled = row_of(case, "ours tiles", ":".join(c for c in (tiles, config) if c),
+                           run_ffmpeg(FFMPEG, path, w, h, ":".join(c for c in (tiles, config) if c),
+                                      frames))
+            for r in (whole, tiled):
+                print("  %-10s %-52s %8s fps %6.0f MiB %s" % (
+                    r["impl"], r["config"], "%.2f" % r["fps"] if r["fps"] else "-",
+                    r["peak_rss_kb"] / 1024, r.get("error", "")))
+            if whole["peak_rss_kb"] and tiled["peak_rss_kb"]:
+                print("  peak RSS, tiles / whole frames: %.2f" % (
+                    tiled["peak_rss_kb"] / whole["peak_rss_kb"]))
+            rows += [whole, tiled]
     return rows
 
 

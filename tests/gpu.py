@@ -74,6 +74,25 @@ def cuda_device_gives_the_cpu_frames():
 
 
 @gpu_test
+def cuda_tiles_give_the_whole_frame():
+    # Tiles cut and put back on the GPU, on CUDA frames and on CPU frames
+    # with device=cuda, against the whole frame on the CPU.
+    whole = process(None, "134x90", 3, "yuv420p", "dnn_processing=" + torch_filter("upx2_5x5"))
+    tiles = "tile_size=48x32:tile_overlap=3:batch_size=4"
+    for vf, via_cuda in (("dnn_processing=" + torch_filter("upx2_5x5", "device=cuda:" + tiles),
+                          False),
+                         ("dnn_processing=" + torch_filter("upx2_5x5", "device=cuda:channels=3:"
+                                                           + tiles), True)):
+        if via_cuda:
+            got, _ = cuda_process("134x90", 3, "yuv420p", vf)
+        else:
+            got = process(None, "134x90", 3, "yuv420p", vf)
+        a, b = np.frombuffer(whole, np.uint8), np.frombuffer(got, np.uint8)
+        check(a.size == b.size and max_diff(a, b) <= 1, "%s: tiles on the GPU off the whole "
+              "frame by %s" % (vf, max_diff(a, b) if a.size == b.size else "a size"))
+
+
+@gpu_test
 def cuda_requests_and_batches_give_identical_frames():
     vf = "dnn_processing=" + torch_filter("affine", "device=cuda:async=0:batch_size=1")
     base = process(None, "64x48", 23, "rgb24", vf)

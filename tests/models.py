@@ -329,6 +329,14 @@ class NaNAtOneSample(nn.Module):
         return x
 
 
+class CropsOnePixel(nn.Module):
+    """The input without its outer pixels: an output size that is no whole
+    factor of the input's."""
+
+    def forward(self, x):
+        return x[:, :, 1:-1, 1:-1]
+
+
 class TallerEveryOtherCall(nn.Module):
     """One row taller on every other call: an output size that depends on
     more than the input size."""
@@ -920,6 +928,7 @@ MODELS = {
     "nan": ReturnsNaN,
     "nan_one": NaNAtOneSample,
     "taller": TallerEveryOtherCall,
+    "crop1": CropsOnePixel,
     "dict": ReturnsDict,
     "two": ReturnsTwo,
     "two_by_name": ReturnsTwoByName,

@@ -759,6 +759,7 @@ import yuv  # noqa: E402,F401  (registers the tests of 3-channel models on YUV f
 import video  # noqa: E402,F401  (registers the tests of temporal windows and recurrent models)
 import pipelines  # noqa: E402,F401  (registers the tests of the filters around the backend)
 import backends  # noqa: E402,F401  (registers the tests of a build with OpenVINO too)
+import tiles  # noqa: E402,F401  (registers the tests of dnn_processing on tiles)
 
 
 import gpu  # noqa: E402,F401  (registers the CUDA tests of make check-gpu)

@@ -1,0 +1,108 @@
+"""dnn_processing on tiles (tile_size, tile_overlap): with an overlap of at
+least the model's receptive radius, the frames of the whole frame run at
+once, against PyTorch on whole frames.
+
+The frames are random and of odd sizes that the tiles do not divide, so that
+a seam, a tile put in the wrong place or an edge tile cut short shows.
+"""
+
+import numpy as np
+
+from aoti import package, package_test
+from harness import as_frames, check, expect_error, max_diff, model, run, test, torch_filter
+from video import random_frames, raw_input, reference
+
+W, H = 67, 45
+
+
+def tiled(inp, name, opts, w, h, fmt=None, path=None):
+    """The frames out of dnn_processing, as rgb24."""
+    vf = ("format=%s," % fmt if fmt else "") + "dnn_processing=dnn_backend=torch:model=" + \
+        (path or model(name)) + (":" + opts if opts else "") + ",format=rgb24"
+    rc, out, err = run(inp + ["-vf", vf, "-f", "rawvideo", "-"])
+    check(rc == 0, "ffmpeg failed: %s\n%s" % (vf, err[-3000:]))
+    return as_frames(out, w, h, 3)
+
+
+@test
+def tiles_give_the_frames_of_the_whole_frame():
+    # conv3: three 3x3 convolutions, a receptive radius of 3 pixels; the
+    # x2 upscaler: 5x5 then 3x3, 3 input pixels.
+    frames = random_frames(3, seed=7, w=W, h=H)
+    inp = raw_input(frames, "tiles")
+    for name, scale, configs in (
+            ("conv3", 1, ("tile_size=24x16:tile_overlap=3",
+                          "tile_size=20x20:tile_overlap=4:batch_size=3",
+                          "tile_size=16x16:tile_overlap=3:nireq=3:batch_size=2",
+                          "tile_size=67x1:tile_overlap=3:batch_size=8",
+                          "tile_size=200x200")),
+            ("upx2_5x5", 2, ("tile_size=24x16:tile_overlap=3",
+                             "tile_size=32x32:tile_overlap=5:async=0:batch_size=4"))):
+        want = reference(name, frames)
+        for cfg in configs:
+            got = tiled(inp, name, cfg, W * scale, H * scale)
+            check(len(got) == len(frames), "%s %s: %d frames out of %d"
+                  % (name, cfg, len(got), len(frames)))
+            d = max_diff(got, want)
+            check(d <= 1, "%s %s: off PyTorch on whole frames by %d" % (name, cfg, d))
+
+
+@test
+def tiles_with_too_little_overlap_show_their_seams():
+    # The test above can see a seam: with less context than the receptive
+    # radius, the tiles' outputs differ from the whole frame's.
+    frames = random_frames(2, seed=8, w=W, h=H)
+    got = tiled(raw_input(frames, "seams"), "conv3", "tile_size=24x16:tile_overlap=1", W, H)
+    check(max_diff(got, reference("conv3", frames)) > 1,
+          "tile_overlap=1 under a 3-pixel receptive radius gave the whole frame's output")
+
+
+@test
+def tiles_of_yuv_frames():
+    # A 3-channel model on YUV frames: the chroma is resampled on the whole
+    # frame, the model runs on tiles.
+    frames = random_frames(3, seed=9, w=W, h=H)
+    inp = raw_input(frames, "tiles-yuv")
+    for fmt in ("yuv420p", "nv12", "yuv444p"):
+        whole = tiled(inp, "conv3", "", W, H, fmt)
+        got = tiled(inp, "conv3", "tile_size=24x16:tile_overlap=3:batch_size=2", W, H, fmt)
+        check(max_diff(got, whole) <= 1, "%s: tiles off the whole frame by %d"
+              % (fmt, max_diff(got, whole)))
+
+
+@test
+def tiles_of_temporal_windows():
+    # Every frame of a window is cut at the same place.
+    frames = random_frames(7, seed=10, w=W, h=H)
+    inp = raw_input(frames, "tiles-window")
+    for name, opts, layout in (("win_mean", "frames=3", "time"),
+                               ("stacked_mean", "frames=3:window=channels", "channels")):
+        want = reference(name, frames, 3, layout)
+        got = tiled(inp, name, opts + ":tile_size=24x16:batch_size=2", W, H)
+        check(max_diff(got, want) <= 1, "%s with tiles: off PyTorch by %d"
+              % (name, max_diff(got, want)))
+
+
+@test
+def tiles_refused_where_they_cannot_work():
+    expect_error("dnn_processing=" + torch_filter("rec_ema", "tile_size=32x32"),
+                 "recurrent", "tile_size")
+    expect_error("dnn_processing=" + torch_filter("crop1", "tile_size=32x32:tile_overlap=2"),
+                 "whole factor")
+    expect_error("dnn_detect=dnn_backend=torch:model_type=boxes:tile_size=32x32:model="
+                 + model("det_boxes"), "tile_size applies to dnn_processing")
+
+
+@package_test
+def tiles_through_packages():
+    # A package with a dynamic size runs the tiles; one with a fixed batch
+    # of 4 gets its last batch of tiles padded.
+    frames = random_frames(3, seed=11, w=W, h=H)
+    inp = raw_input(frames, "tiles-pt2")
+    want = reference("conv1x1", frames)
+    for pt2, cfg in (("conv1x1_dyn", "tile_size=24x16"),
+                     ("conv1x1_batch", "tile_size=24x16:batch_size=4"),
+                     ("conv1x1_batch", "tile_size=16x16:batch_size=4:async=0")):
+        got = tiled(inp, None, cfg, W, H, path=package(pt2))
+        check(max_diff(got, want) <= 1, "%s %s: off PyTorch by %d"
+              % (pt2, cfg, max_diff(got, want)))
