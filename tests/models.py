@@ -992,6 +992,8 @@ PACKAGES = [
     ("det_boxes_160", "det_boxes", (1, 3, 160, 160), ()),
     ("tuple_static", "tuple", (1, 3, 48, 64), ()),
     ("win_mean_dyn", "win_mean", (1, 5, 3, 48, 64), (3, 4)),
+    # compiled for float16 input and weights (precision=fp16)
+    ("conv1x1_fp16", "conv1x1", (1, 3, 48, 64), (2, 3), torch.float16),
 ]
 
 
@@ -1017,18 +1019,20 @@ def input_shapes(ep):
     return ";".join(shapes)
 
 
-def compile_package(net, shape, dynamic, path, device="cpu"):
+def compile_package(net, shape, dynamic, path, device="cpu", dtype=torch.float32):
     """Export model net with an example input of shape, the dimensions in
-    dynamic left free, and compile it for device into the package path:
-    tens of seconds each."""
+    dynamic left free, and compile it for device and dtype into the package
+    path: tens of seconds each."""
     torch.manual_seed(1234)
-    model = MODELS[net]().eval().to(device)
+    model = MODELS[net]().eval().to(device, dtype)
     dims = {d: torch.export.Dim.DYNAMIC for d in dynamic}
-    ep = torch.export.export(model, (torch.rand(shape, device=device),),
+    ep = torch.export.export(model, (torch.rand(shape, device=device, dtype=dtype),),
                              dynamic_shapes={"x": dims})
     torch._inductor.aoti_compile_and_package(
         ep, package_path=path + ".tmp.pt2",
-        inductor_configs={"aot_inductor.metadata": {"dnn_input_shapes": input_shapes(ep)}})
+        inductor_configs={"aot_inductor.metadata": {
+            "dnn_input_shapes": input_shapes(ep),
+            "dnn_input_dtype": str(dtype).replace("torch.", "")}})
     os.replace(path + ".tmp.pt2", path)
 
 
@@ -1082,10 +1086,10 @@ def export_onnx(net, path):
 def packages(outdir):
     """Compile the packages that are missing or older than this file."""
     os.makedirs(outdir, exist_ok=True)
-    for name, net, shape, dynamic in PACKAGES:
+    for name, net, shape, dynamic, *dtype in PACKAGES:
         path = os.path.join(outdir, name + ".pt2")
         if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(__file__):
-            compile_package(net, shape, dynamic, path)
+            compile_package(net, shape, dynamic, path, dtype=dtype[0] if dtype else torch.float32)
     for name, net, shape in RECURRENT_PACKAGES:
         path = os.path.join(outdir, name + ".pt2")
         if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(__file__):

@@ -760,6 +760,7 @@ import video  # noqa: E402,F401  (registers the tests of temporal windows and re
 import pipelines  # noqa: E402,F401  (registers the tests of the filters around the backend)
 import backends  # noqa: E402,F401  (registers the tests of a build with OpenVINO too)
 import tiles  # noqa: E402,F401  (registers the tests of dnn_processing on tiles)
+import precision  # noqa: E402,F401  (registers the tests of the precision option)
 
 
 import gpu  # noqa: E402,F401  (registers the CUDA tests of make check-gpu)

@@ -58,16 +58,28 @@ def tiles_with_too_little_overlap_show_their_seams():
 
 
 @test
-def tiles_of_yuv_frames():
-    # A 3-channel model on YUV frames: the chroma is resampled on the whole
-    # frame, the model runs on tiles.
+def tiles_of_yuv_and_other_formats():
+    # On CPU frames the tiles' output is converted into the frame a band of
+    # rows at a time, with margins for the chroma's filter: the frame must
+    # be the one the whole output gives, also with bands of 1 row, a model
+    # that writes Y only, an alpha byte and 10-bit samples.
     frames = random_frames(3, seed=9, w=W, h=H)
     inp = raw_input(frames, "tiles-yuv")
-    for fmt in ("yuv420p", "nv12", "yuv444p"):
-        whole = tiled(inp, "conv3", "", W, H, fmt)
-        got = tiled(inp, "conv3", "tile_size=24x16:tile_overlap=3:batch_size=2", W, H, fmt)
-        check(max_diff(got, whole) <= 1, "%s: tiles off the whole frame by %d"
-              % (fmt, max_diff(got, whole)))
+    for name, scale, fmt, cfg in (
+            ("conv3", 1, "yuv420p", "tile_size=24x16:tile_overlap=3:batch_size=2"),
+            ("conv3", 1, "yuv420p", "tile_size=67x1:tile_overlap=3:batch_size=8"),
+            ("conv3", 1, "nv12", "tile_size=24x16:tile_overlap=3"),
+            ("conv3", 1, "yuv444p", "tile_size=24x16:tile_overlap=3"),
+            ("conv3", 1, "p010le", "tile_size=24x16:tile_overlap=3"),
+            ("conv3", 1, "rgba", "tile_size=24x16:tile_overlap=3"),
+            ("upx2_5x5", 2, "yuv420p", "tile_size=20x12:tile_overlap=3:batch_size=3"),
+            ("gray", 1, "yuv420p", "tile_size=24x16")):
+        whole = tiled(inp, name, "", W * scale, H * scale, fmt)
+        got = tiled(inp, name, cfg, W * scale, H * scale, fmt)
+        check(max_diff(got, whole) <= 1, "%s %s %s: tiles off the whole frame by %d"
+              % (name, fmt, cfg, max_diff(got, whole)))
+    expect_error("dnn_processing=" + torch_filter("nan_one", "tile_size=16x16"), "NaN",
+                 fmt="yuv420p")
 
 
 @test
