@@ -102,6 +102,9 @@ TILE_CASES = [
     ("tiles-upx2_5x5-1280x720", "upx2_5x5", 1280, 720, 24, "tile_size=256x256:tile_overlap=8"),
 ]
 TILE_CONFIGS = ["", "async=0", "batch_size=4"]
+# precision on the CPU: the x2 conv net at 960x540 in each type.
+PRECISION_CASE = ("precision-upx2_5x5-960x540", "upx2_5x5", 960, 540, 30)
+PRECISION_CONFIGS = ["", "precision=bf16", "precision=fp16"]
 
 
 # FFmpeg's ONNX backend has no async mode and takes the tensor names.
@@ -297,6 +300,7 @@ def main(outdir):
     results += analytics_cases()
     results += video_cases()
     results += tile_cases()
+    results += precision_case()
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print("wrote %s" % os.path.join(outdir, "results.json"))
@@ -424,6 +428,22 @@ def tile_cases():
                 print("  peak RSS, tiles / whole frames: %.2f" % (
                     tiled["peak_rss_kb"] / whole["peak_rss_kb"]))
             rows += [whole, tiled]
+    return rows
+
+
+def precision_case():
+    case, name, w, h, frames = PRECISION_CASE
+    if PICK and "precision" not in PICK and name not in PICK:
+        return []
+    frames = max(12, int(frames * SCALE))
+    path = os.path.join(MODELS, name + ".pt")
+    print("\n%s" % case)
+    rows = []
+    for config in PRECISION_CONFIGS:
+        r = row_of(case, "ours", config or "default", run_ffmpeg(FFMPEG, path, w, h, config, frames))
+        print("  %-16s %8s fps %6.0f MiB %s" % (r["config"], "%.2f" % r["fps"] if r["fps"] else "-",
+                                              r["peak_rss_kb"] / 1024, r.get("error", "")))
+        rows.append(r)
     return rows
 
 

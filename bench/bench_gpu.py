@@ -49,6 +49,12 @@ def configs(model, w, h):
                      [FFMPEG] + CUDA_DEVICE + ["-f", "lavfi", "-i", one, "-vf",
                                                "format=nv12,hwupload,loop=loop=-1:size=1,"
                                                + dnn + extra]))
+    # Half precision, on frames already on the GPU.
+    for extra in (":precision=fp16", ":" + POOL + ":precision=fp16"):
+        runs.append(("ours", "cuda frames on the gpu" + extra.replace(":", " "),
+                     [FFMPEG] + CUDA_DEVICE + ["-f", "lavfi", "-i", one, "-vf",
+                                               "format=nv12,hwupload,loop=loop=-1:size=1,"
+                                               + dnn + extra]))
     return runs
 
 

@@ -93,6 +93,22 @@ def cuda_tiles_give_the_whole_frame():
 
 
 @gpu_test
+def cuda_half_precision():
+    # fp16 and bf16 on the GPU, on CUDA frames, against fp32 on the CPU.
+    whole = np.frombuffer(process(None, "160x90", 3, "yuv420p",
+                                  "dnn_processing=" + torch_filter("upx2_5x5")), np.uint8)
+    for precision in ("fp16", "bf16"):
+        got, _ = cuda_process("160x90", 3, "yuv420p", "dnn_processing=" + torch_filter(
+            "upx2_5x5", "device=cuda:channels=3:precision=" + precision))
+        got = np.frombuffer(got, np.uint8)
+        mse = np.mean((got.astype(float) - whole.astype(float)) ** 2) if got.size == whole.size \
+            else None
+        check(mse is not None and (mse == 0 or 10 * np.log10(255.0 ** 2 / mse) >= 40),
+              "precision=%s on the GPU: %s against fp32 on the CPU" % (
+                  precision, "a size" if mse is None else "%.1f dB" % (10 * np.log10(255.0 ** 2 / mse))))
+
+
+@gpu_test
 def cuda_requests_and_batches_give_identical_frames():
     vf = "dnn_processing=" + torch_filter("affine", "device=cuda:async=0:batch_size=1")
     base = process(None, "64x48", 23, "rgb24", vf)
