@@ -992,6 +992,8 @@ PACKAGES = [
     ("det_boxes_160", "det_boxes", (1, 3, 160, 160), ()),
     ("tuple_static", "tuple", (1, 3, 48, 64), ()),
     ("win_mean_dyn", "win_mean", (1, 5, 3, 48, 64), (3, 4)),
+    # one frame size only: frames of other sizes run in tiles of it
+    ("conv3_static", "conv3", (1, 3, 24, 32), ()),
     # compiled for float16 input and weights (precision=fp16)
     ("conv1x1_fp16", "conv1x1", (1, 3, 48, 64), (2, 3), torch.float16),
 ]

@@ -7,10 +7,12 @@ a seam, a tile put in the wrong place or an edge tile cut short shows.
 """
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from aoti import package, package_test
 from harness import as_frames, check, expect_error, max_diff, model, run, test, torch_filter
-from video import random_frames, raw_input, reference
+from video import quantize, random_frames, raw_input, reference, to_tensor
 
 W, H = 67, 45
 
@@ -118,3 +120,28 @@ def tiles_through_packages():
         got = tiled(inp, None, cfg, W, H, path=package(pt2))
         check(max_diff(got, want) <= 1, "%s %s: off PyTorch by %d"
               % (pt2, cfg, max_diff(got, want)))
+
+
+@package_test
+def fixed_size_packages_run_any_frame_in_tiles():
+    # A package exported for 32x24 frames only runs larger ones in tiles of
+    # its size (with the context the option gives) and smaller ones padded
+    # to it by reflection and cropped back, instead of being refused.
+    pt2 = package("conv3_static")
+    frames = random_frames(3, seed=12, w=W, h=H)
+    inp = raw_input(frames, "fixed")
+    for cfg in ("tile_overlap=3", "tile_overlap=4:nireq=2", "tile_overlap=3:async=0"):
+        got = tiled(inp, None, cfg, W, H, path=pt2)
+        check(max_diff(got, reference("conv3", frames)) <= 1, "%s %s: off PyTorch on whole "
+              "frames by %d" % (pt2, cfg, max_diff(got, reference("conv3", frames))))
+    small = random_frames(2, seed=13, w=20, h=15)
+    got = tiled(raw_input(small, "fixed-small"), None, "", 20, 15, path=pt2)
+    x = F.pad(to_tensor(small), (0, 12, 0, 9), mode="reflect")
+    with torch.no_grad():
+        want = quantize(torch.jit.load(model("conv3"))(x)[:, :, :15, :20])
+    check(max_diff(got, want) <= 1, "20x15 frames padded to 32x24: off PyTorch by %d"
+          % max_diff(got, want))
+    expect_error("dnn_processing=dnn_backend=torch:tile_size=30x30:model=" + pt2,
+                 "32x24 input only", "unset tile_size")
+    expect_error("dnn_processing=dnn_backend=torch:tile_overlap=12:model=" + pt2,
+                 "leaves nothing")
