@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -58,6 +59,55 @@ def configs(model, w, h):
     return runs
 
 
+# Tiles on the GPU: GPU memory (nvidia-smi's used_memory of the ffmpeg
+# process, polled) of the x2 5x5 upscaler on 3840x2160 CUDA frames, whole
+# and in tiles, in fp32 and fp16.
+TILE_CASE = ("tiles-upx2_5x5-3840x2160", "upx2_5x5", 3840, 2160, 10)
+TILE_CONFIGS = ["", "tile_size=512x512:tile_overlap=8", "precision=fp16",
+                "tile_size=512x512:tile_overlap=8:precision=fp16"]
+
+
+def gpu_memory_mib(pid):
+    """The GPU memory nvidia-smi reports for the process, in MiB, or 0."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=10).stdout.decode()
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    for line in out.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
+            return int(fields[1])
+    return 0
+
+
+def tile_case():
+    case, name, w, h, frames = TILE_CASE
+    model = os.path.join(MODELS, name + ".pt")
+    one = "testsrc2=s=%dx%d:r=25,trim=end_frame=1" % (w, h)
+    rows = []
+    print("\n%s, CUDA frames on the gpu" % case)
+    for config in TILE_CONFIGS:
+        vf = ("format=nv12,hwupload,loop=loop=-1:size=1,dnn_processing=dnn_backend=torch:"
+              "model=%s:device=cuda:channels=3" % model) + (":" + config if config else "")
+        cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"] + CUDA_DEVICE + \
+            ["-f", "lavfi", "-i", one, "-vf", vf, "-frames:v", str(frames), "-f", "null", "-"]
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = 0
+        while p.poll() is None:
+            peak = max(peak, gpu_memory_mib(p.pid))
+            time.sleep(0.2)
+        err = p.stderr.read().decode()
+        row = {"case": case, "impl": "ours", "config": config or "default",
+               "gpu_memory_mib": peak}
+        if p.returncode:
+            row["error"] = (err.strip().splitlines() or ["?"])[-1]
+        print("  %-52s %6d MiB %s" % (row["config"], peak, row.get("error", "")))
+        rows.append(row)
+    return rows
+
+
 def run_forward(model, w, h, batch):
     iterations = max(10, FRAMES // batch)
     out = subprocess.run([FORWARD, model, "3", str(h), str(w), str(batch), "1", "0",
@@ -90,6 +140,7 @@ def main(outdir):
                          "fps": round(run_forward(model, w, h, batch), 2)})
         results += rows
         report(case, rows)
+    results += tile_case()
     path = os.path.join(outdir, "results-gpu.json")
     with open(path, "w") as f:
         json.dump({"device": device, "torch": torch.__version__, "frames": FRAMES,
