@@ -145,3 +145,22 @@ def fixed_size_packages_run_any_frame_in_tiles():
                  "32x24 input only", "unset tile_size")
     expect_error("dnn_processing=dnn_backend=torch:tile_overlap=12:model=" + pt2,
                  "leaves nothing")
+
+
+@test
+def tiles_into_frames_with_negative_line_sizes():
+    # vflip after the filter hands it output frames whose rows run upwards,
+    # before it input frames so: the bands are written by line size.
+    frames = random_frames(2, seed=14, w=W, h=H)
+    inp = raw_input(frames, "tiles-vflip")
+    for fmt in ("yuv420p", "rgb24", "nv12"):
+        for before, after in (("", ",vflip"), ("vflip,", "")):
+            outs = []
+            for cfg in ("", ":tile_size=24x16:tile_overlap=3"):
+                vf = "format=%s,%sdnn_processing=%s%s,format=rgb24" % (
+                    fmt, before, torch_filter("conv3"), cfg + after)
+                rc, out, err = run(inp + ["-vf", vf, "-f", "rawvideo", "-"])
+                check(rc == 0, "ffmpeg failed: %s\n%s" % (vf, err[-3000:]))
+                outs.append(as_frames(out, W, H, 3))
+            check(max_diff(outs[0], outs[1]) <= 1, "%s %s: tiles off the whole frame by %d"
+                  % (fmt, before or after, max_diff(outs[0], outs[1])))
