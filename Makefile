@@ -185,7 +185,7 @@ series: $(TREE)
 # $(SRC), and the FATE tests that exist at that commit run, so that each
 # commit builds and passes its tests on its own.
 series-check: $(TREE) $(B)/fate-suite/.stamp
-	SAMPLES=$(CURDIR)/$(B)/fate-suite sh tools/series-check.sh $(SRC) $(B)/series-check \
+	SAMPLES=$(CURDIR)/$(B)/fate-suite FROM=$(SERIES_FROM) sh tools/series-check.sh $(SRC) $(B)/series-check \
 	    "$(FF_ENV)" $(FF_CONFIG)
 
 # The series' DNN code compiled again with -Werror (LibTorch's headers as

@@ -32,6 +32,10 @@ TESTS = {  # test name: (source, pixel format, model, frames of its window, recu
     "filter-dnn_processing-torch-window": (DISTINCT_SRC, "rgb24", "win_weighted", 3, False),
     "filter-dnn_processing-torch-recurrent": (SRC, "rgb24", "rec_ema", 1, True),
 }
+# frame interpolation: (source, model, K), rgb24 frames.
+INTERPOLATE_TESTS = {
+    "filter-dnn_processing-torch-interpolate": (DISTINCT_SRC, "blend", 3),
+}
 # dnn_detect: a white rectangle on black, (frame size, x, y, w, h, format).
 DETECT_TESTS = {
     "filter-dnn_detect-torch-boxes": ("200x100", 30, 20, 50, 40, "rgb24"),
@@ -112,6 +116,34 @@ def reference(src, fmt, model, window, recurrent):
     return "\n".join(lines) + "\n"
 
 
+def interpolate_reference(src, model, k):
+    """Each frame, then the model's frames at j/k of the way to the next,
+    one pair at a time, in a time base of k ticks for each of the source's."""
+    header = ffmpeg(src + "rgb24", ["-f", "framecrc", "-"]).decode()
+    lines = []
+    for l in header.splitlines():
+        if l.startswith("#tb 0: "):
+            num, den = map(int, l[len("#tb 0: "):].split("/"))
+            l = "#tb 0: %d/%d" % (num, den * k) if num == 1 else None
+            assert l, "the source's time base is not 1/N"
+        if l.startswith("#"):
+            lines.append(l)
+    raw = ffmpeg(src + "rgb24", ["-f", "rawvideo", "-"])
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, H, W, 3)
+    x = torch.from_numpy(frames.copy()).permute(0, 3, 1, 2).float() / 255
+    m = torch.jit.load(model)
+    out = []
+    with torch.no_grad():
+        for i in range(len(x)):
+            out.append(x[i:i + 1])
+            for j in range(1, k if i + 1 < len(x) else 1):
+                out.append(m(torch.stack([x[i], x[i + 1]])[None], torch.tensor([j / k])))
+    for i, y in enumerate(quantize(torch.cat(out)).permute(0, 2, 3, 1).numpy()):
+        data = y.tobytes()
+        lines.append("0, %10d, %10d, %8d, %8d, 0x%08x" % (i, i, 1, len(data), zlib.adler32(data, 0)))
+    return "\n".join(lines) + "\n"
+
+
 def detect_reference(size, x, y, w, h, fmt):
     """The drawn rectangle outlined where it is, by drawbox: what the test
     draws where the detector says it is."""
@@ -159,6 +191,9 @@ def main(samples, refdir):
                         recurrent)
         with open(os.path.join(refdir, name), "w") as f:
             f.write(ref)
+    for name, (src, model, k) in INTERPOLATE_TESTS.items():
+        with open(os.path.join(refdir, name), "w") as f:
+            f.write(interpolate_reference(src, os.path.join(samples, "dnn-torch", model + ".pt"), k))
     for name, args in DETECT_TESTS.items():
         with open(os.path.join(refdir, name), "w") as f:
             f.write(detect_reference(*args))

@@ -10,11 +10,12 @@ that float arithmetic computes without rounding, so they are compared
 bit-exactly; the others are compared to PyTorch by PSNR.
 """
 
+import inspect
 import math
 import os
 import sys
 import warnings
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -901,6 +902,117 @@ class FastDVDnet(nn.Module):
         return self.temp2(y0, y1, y2, noise)
 
 
+# --- frame interpolation (interpolate=K): pairs B x 2 x C x H x W, times t of B --
+
+class Blend(nn.Module):
+    """(1 - t) a + t b: exact where the samples are multiples of K."""
+
+    def forward(self, x, t):
+        t = t.to(x.dtype).view(-1, 1, 1, 1)
+        return x[:, 0] * (1 - t) + x[:, 1] * t
+
+
+class Midpoint(nn.Module):
+    """The mean of the pair, without t: the frame halfway only."""
+
+    def forward(self, x):
+        return x.mean(1)
+
+
+class WindowPairMean(nn.Module):
+    """The mean of the first two frames of a 3-frame window: the frame
+    halfway between the one before and the center one."""
+
+    def forward(self, x):
+        return x[:, :2].mean(1)
+
+
+class PairUpscale(nn.Module):
+    """The midpoint at twice the size: not a frame between two."""
+
+    def forward(self, x):
+        return F.interpolate(x.mean(1), scale_factor=2.0, mode="nearest")
+
+
+def _ifconv(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.LeakyReLU(0.2, True))
+
+
+def warp(img, flow):
+    """img sampled backward along flow (pixels), clamped at the borders."""
+    b, _, h, w = img.shape
+    gx = torch.linspace(-1.0, 1.0, w, dtype=img.dtype, device=img.device).view(1, 1, 1, w)
+    gy = torch.linspace(-1.0, 1.0, h, dtype=img.dtype, device=img.device).view(1, 1, h, 1)
+    grid = torch.cat([gx.expand(b, 1, h, w) + flow[:, 0:1] / ((w - 1.0) / 2.0),
+                      gy.expand(b, 1, h, w) + flow[:, 1:2] / ((h - 1.0) / 2.0)], 1)
+    return F.grid_sample(img, grid.permute(0, 2, 3, 1), mode="bilinear",
+                         padding_mode="border", align_corners=True)
+
+
+class IFBlock(nn.Module):
+    """A stage of IFNet at 1/scale: two stride-2 convolutions, eight more
+    with a skip around them, and a transposed convolution to the flows to
+    both frames and the fusion mask, brought back to full size."""
+
+    def __init__(self, cin, c):
+        super().__init__()
+        self.conv0 = nn.Sequential(_ifconv(cin, c // 2, 2), _ifconv(c // 2, c, 2))
+        self.convblock = nn.Sequential(*[_ifconv(c, c) for _ in range(8)])
+        self.lastconv = nn.ConvTranspose2d(c, 5, 4, 2, 1)
+        with torch.no_grad():
+            # Random weights: flows of a few pixels, not of the whole frame.
+            self.lastconv.weight.mul_(0.05)
+
+    def forward(self, x, flow: Optional[torch.Tensor], scale: float):
+        x = F.interpolate(x, scale_factor=1.0 / scale, mode="bilinear", align_corners=False)
+        if flow is not None:
+            flow = F.interpolate(flow, scale_factor=1.0 / scale, mode="bilinear",
+                                 align_corners=False) / scale
+            x = torch.cat([x, flow], 1)
+        x = self.conv0(x)
+        x = self.convblock(x) + x
+        out = F.interpolate(self.lastconv(x), scale_factor=scale * 2, mode="bilinear",
+                            align_corners=False)
+        return out[:, :4] * scale * 2, out[:, 4:5]
+
+
+class IFNet(nn.Module):
+    """RIFE's IFNet (Huang et al., ECCV 2022) as its 4.x releases lay it
+    out: four IFBlocks at 1/8, 1/4, 1/2 and full scale with 192, 128, 96 and
+    64 channels.  The first sees both frames and the time t as a plane; each
+    next one the frames warped backward by the flows so far, t, the mask and
+    the flows, and refines them; the frames warped to t are blended by the
+    mask's sigmoid.  Frames are padded to a multiple of 32 by repeating
+    their edges and the output cropped.  Random weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.block0 = IFBlock(7, 192)
+        self.block1 = IFBlock(8 + 4, 128)
+        self.block2 = IFBlock(8 + 4, 96)
+        self.block3 = IFBlock(8 + 4, 64)
+
+    def forward(self, x, t):
+        h, w = x.shape[3], x.shape[4]
+        pad = [0, (32 - w % 32) % 32, 0, (32 - h % 32) % 32]
+        img0 = F.pad(x[:, 0], pad, mode="replicate")
+        img1 = F.pad(x[:, 1], pad, mode="replicate")
+        ts = t.to(x.dtype).view(-1, 1, 1, 1).expand(-1, 1, img0.shape[2], img0.shape[3])
+        flow, mask = self.block0(torch.cat([img0, img1, ts], 1), None, 8.0)
+        w0, w1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
+        f, m = self.block1(torch.cat([w0, w1, ts, mask], 1), flow, 4.0)
+        flow, mask = flow + f, mask + m
+        w0, w1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
+        f, m = self.block2(torch.cat([w0, w1, ts, mask], 1), flow, 2.0)
+        flow, mask = flow + f, mask + m
+        w0, w1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
+        f, m = self.block3(torch.cat([w0, w1, ts, mask], 1), flow, 1.0)
+        flow, mask = flow + f, mask + m
+        w0, w1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
+        m = torch.sigmoid(mask)
+        return (w0 * m + w1 * (1 - m))[:, :, :h, :w]
+
+
 MODELS = {
     "identity": Identity,
     "invert": Invert,
@@ -973,6 +1085,11 @@ MODELS = {
     "two_inputs": TwoInputs,
     "frvsr": FRVSR,
     "fastdvdnet": FastDVDnet,
+    "blend": Blend,
+    "midpoint": Midpoint,
+    "win_pair_mean": WindowPairMean,
+    "pair_up2": PairUpscale,
+    "ifnet": IFNet,
 }
 
 
@@ -996,6 +1113,8 @@ PACKAGES = [
     ("conv3_static", "conv3", (1, 3, 24, 32), ()),
     # compiled for float16 input and weights (precision=fp16)
     ("conv1x1_fp16", "conv1x1", (1, 3, 48, 64), (2, 3), torch.float16),
+    # frame interpolation: pairs of frames and their times t
+    ("blend_dyn", "blend", (1, 2, 3, 48, 64), (3, 4)),
 ]
 
 
@@ -1028,8 +1147,12 @@ def compile_package(net, shape, dynamic, path, device="cpu", dtype=torch.float32
     torch.manual_seed(1234)
     model = MODELS[net]().eval().to(device, dtype)
     dims = {d: torch.export.Dim.DYNAMIC for d in dynamic}
-    ep = torch.export.export(model, (torch.rand(shape, device=device, dtype=dtype),),
-                             dynamic_shapes={"x": dims})
+    args, shapes = (torch.rand(shape, device=device, dtype=dtype),), {"x": dims}
+    # A frame interpolation model takes the times of its frames too.
+    if "t" in inspect.signature(model.forward).parameters:
+        args += (torch.full(shape[:1], 0.5, device=device, dtype=dtype),)
+        shapes["t"] = {0: dims[0]} if 0 in dims else None
+    ep = torch.export.export(model, args, dynamic_shapes=shapes)
     torch._inductor.aoti_compile_and_package(
         ep, package_path=path + ".tmp.pt2",
         inductor_configs={"aot_inductor.metadata": {

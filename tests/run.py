@@ -761,6 +761,7 @@ import pipelines  # noqa: E402,F401  (registers the tests of the filters around 
 import backends  # noqa: E402,F401  (registers the tests of a build with OpenVINO too)
 import tiles  # noqa: E402,F401  (registers the tests of dnn_processing on tiles)
 import precision  # noqa: E402,F401  (registers the tests of the precision option)
+import interpolate  # noqa: E402,F401  (registers the tests of frame interpolation)
 
 
 import gpu  # noqa: E402,F401  (registers the CUDA tests of make check-gpu)

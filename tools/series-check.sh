@@ -8,7 +8,8 @@
 # the commits from there to its HEAD are checked out, one after the other,
 # in a worktree under OUTDIR and built incrementally in OUTDIR/build,
 # configured again whenever a commit changes configure.  SAMPLES names the
-# FATE samples (tests/fate_refs.py writes them).
+# FATE samples (tests/fate_refs.py writes them); FROM, if set, the first
+# commit to check, when those before it were checked already.
 set -e
 tree=$(cd "$1" && pwd)
 mkdir -p "$2"
@@ -35,7 +36,7 @@ subject() { git -C "$wt" log -1 --format='%h %s'; }
 
 n=0
 prev=
-for c in $(git -C "$tree" rev-list --reverse pristine..HEAD); do
+for c in $(git -C "$tree" rev-list --reverse "${FROM:+$FROM^}${FROM:-pristine}..HEAD"); do
     git -C "$wt" checkout -q "$c"
     n=$((n + 1))
     if [ -z "$prev" ] || git -C "$wt" diff --name-only "$prev" "$c" | grep -qx configure; then
