@@ -132,6 +132,20 @@ $(B)/onnx/ffbuild/config.mak: $(PRISTINE)/.stamp $(B)/config.mk
 $(B)/onnx/ffmpeg: $(B)/onnx/ffbuild/config.mak FORCE
 	$(MAKE) -C $(B)/onnx -j$(JOBS) ffmpeg
 
+# The classical peer of frame interpolation: the release's minterpolate.
+MINTERPOLATE := $(B)/minterpolate/ffmpeg
+$(B)/minterpolate/ffbuild/config.mak: $(PRISTINE)/.stamp $(B)/config.mk
+	mkdir -p $(B)/minterpolate
+	cd $(B)/minterpolate && $(CURDIR)/$(PRISTINE)/configure --disable-everything \
+	    --disable-autodetect --disable-doc --disable-ffplay --disable-ffprobe \
+	    --enable-avdevice --enable-indev=lavfi --enable-muxer=null \
+	    --enable-encoder=wrapped_avframe --enable-protocol=pipe \
+	    --enable-filter=minterpolate,testsrc2,format,loop,trim,null > configure.log 2>&1 || \
+	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(B)/minterpolate/configure.log"; exit 1; }
+
+$(MINTERPOLATE): $(B)/minterpolate/ffbuild/config.mak
+	$(MAKE) -C $(B)/minterpolate -j$(JOBS) ffmpeg
+
 FORCE:
 
 # --- tests, demo, benchmarks -------------------------------------------------
@@ -156,8 +170,8 @@ check-gpu: $(FFMPEG)
 demo: $(FFMPEG)
 	FFMPEG=$(CURDIR)/$(FFMPEG) $(PYTHON) tools/demo.py $(B)/demo
 
-bench: $(FFMPEG) $(UPSTREAM) $(ONNX_PEER) $(B)/bench/forward $(B)/bench/.packages
-	$(TEST_ENV) FORWARD=$(CURDIR)/$(B)/bench/forward \
+bench: $(FFMPEG) $(UPSTREAM) $(ONNX_PEER) $(MINTERPOLATE) $(B)/bench/forward $(B)/bench/.packages
+	$(TEST_ENV) FORWARD=$(CURDIR)/$(B)/bench/forward MINTERPOLATE_FFMPEG=$(CURDIR)/$(MINTERPOLATE) \
 	    ONNX_FFMPEG=$(if $(ONNX_PEER),$(CURDIR)/$(ONNX_PEER)) $(PYTHON) bench/bench.py $(B)/bench
 
 bench-gpu: $(FFMPEG) $(UPSTREAM) $(B)/bench/forward

@@ -107,6 +107,15 @@ PRECISION_CASE = ("precision-upx2_5x5-960x540", "upx2_5x5", 960, 540, 30)
 PRECISION_CONFIGS = ["", "precision=bf16", "precision=fp16"]
 
 
+# Frame interpolation: RIFE's IFNet (tests/models.py, random weights)
+# doubling 25 fps at 640x360 on moving frames, against the same model in a
+# Python loop over an ffmpeg pipe, the model's bare forward() on a pair (the
+# limit), and FFmpeg's classical minterpolate (motion-compensated) at the
+# same output rate; output frames per second.
+INTERPOLATE_CASE = ("interpolate-ifnet-640x360", "ifnet", 640, 360, 24)
+INTERPOLATE_CONFIGS = ["interpolate=2", "interpolate=2:async=0", "interpolate=2:batch_size=2"]
+MINTERPOLATE = os.environ.get("MINTERPOLATE_FFMPEG", "")
+
 # FFmpeg's ONNX backend has no async mode and takes the tensor names.
 ONNX_CONFIG = "async=0:input=x:output=y"
 
@@ -301,6 +310,7 @@ def main(outdir):
     results += video_cases()
     results += tile_cases()
     results += precision_case()
+    results += interpolate_case()
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print("wrote %s" % os.path.join(outdir, "results.json"))
@@ -444,6 +454,75 @@ def precision_case():
         print("  %-16s %8s fps %6.0f MiB %s" % (r["config"], "%.2f" % r["fps"] if r["fps"] else "-",
                                               r["peak_rss_kb"] / 1024, r.get("error", "")))
         rows.append(r)
+    return rows
+
+
+def interpolate_loop(src, w, h, count, path):
+    """Output frames per second after the 10th of the model doubling the
+    frame rate of the source's frames from an ffmpeg pipe, as a user writes
+    it: each frame, then the model's on the pair it ends, back to 8 bits."""
+    import torch
+    net = torch.jit.load(path)
+    torch.set_num_threads(THREADS)
+    prev, marks = None, []
+    with torch.inference_mode():
+        for frame in published.frames_of(FFMPEG, src, w, h, count):
+            x = torch.from_numpy(frame).permute(2, 0, 1).float() / 255
+            if prev is not None:
+                y = net(torch.stack([prev, x])[None], torch.tensor([0.5]))
+                (y * 255).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+                marks.append(time.monotonic())
+            frame.tobytes()
+            marks.append(time.monotonic())
+            prev = x
+    n = min(10, len(marks)) - 1
+    return (len(marks) - 1 - n) / (marks[-1] - marks[n]) if len(marks) - 1 > n else None
+
+
+def interpolate_forward(path, w, h, calls):
+    """Pairs per second of the model's bare forward() on one converted pair,
+    the best of calls: the limit of the frames between."""
+    import torch
+    net = torch.jit.load(path)
+    torch.set_num_threads(THREADS)
+    x, t, best = torch.rand(1, 2, 3, h, w), torch.tensor([0.5]), None
+    with torch.inference_mode():
+        for _ in range(calls):
+            start = time.monotonic()
+            net(x, t)
+            best = min(best or 1e9, time.monotonic() - start)
+    return 1 / best
+
+
+def interpolate_case():
+    case, name, w, h, frames = INTERPOLATE_CASE
+    if PICK and "interpolate" not in PICK and name not in PICK:
+        return []
+    frames = max(12, int(frames * SCALE))
+    path = os.path.join(MODELS, name + ".pt")
+    src = "testsrc2=s=%dx%d:r=25" % (w, h)
+    rows = []
+    for config in INTERPOLATE_CONFIGS:
+        vf = "format=rgb24,dnn_processing=dnn_backend=torch:model=%s:%s" % (path, config)
+        rows.append(row_of(case, "ours", config, measure([FFMPEG, "-f", "lavfi", "-i", src,
+                                                          "-vf", vf], frames)))
+    rows.append(row_of(case, "python loop", "torch.jit.load, inference_mode",
+                       (interpolate_loop(src, w, h, frames // 2 + 1, path), None, None, None)))
+    # Half the output frames are the model's; the others pass through.
+    rows.append({"case": case, "impl": "forward", "config": "pair, threads=%d" % THREADS,
+                 "fps": round(2 * interpolate_forward(path, w, h, 5), 2), "peak_rss_kb": None})
+    if MINTERPOLATE:
+        rows.append(row_of(case, "minterpolate", "mi_mode=mci (9.0.2)", measure(
+            [MINTERPOLATE, "-f", "lavfi", "-i", src, "-vf",
+             "format=yuv420p,minterpolate=fps=50:mi_mode=mci"], frames)))
+    print("\n%s (x2, output frames per second)" % case)
+    for r in rows:
+        print("  %-12s %-38s %8s %s" % (r["impl"], r["config"],
+                                        "%.2f" % r["fps"] if r["fps"] else "-", r.get("error", "")))
+    ours, loop = rows[0]["fps"], find_fps(rows, "python loop", "torch.jit.load, inference_mode")
+    limit = find_fps(rows, "forward", "pair, threads=%d" % THREADS)
+    if ours and loop and limit:
+        print("  ours default / python loop: %.2fx; / forward limit: %.2f" % (ours / loop, ours / limit))
     return rows
 
 

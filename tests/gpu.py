@@ -109,6 +109,24 @@ def cuda_half_precision():
 
 
 @gpu_test
+def cuda_interpolation_gives_the_cpu_frames():
+    # Frame interpolation on CUDA frames, the pairs converted on the GPU
+    # in every slot, against CPU frames, where each frame is converted once.
+    n, k = 6, 3
+    cpu = process(None, "96x64", n, "yuv420p",
+                  "dnn_processing=" + torch_filter("blend", "interpolate=%d" % k))
+    for cfg in ("async=0", "nireq=3:batch_size=2"):
+        got, log = cuda_process("96x64", n, "yuv420p", "dnn_processing=" + torch_filter(
+            "blend", "device=cuda:interpolate=%d:%s" % (k, cfg)), loglevel="verbose")
+        check(len(got) == len(cpu) == (k * (n - 1) + 1) * 96 * 64 * 3 // 2,
+              "cuda %s: %d bytes, cpu %d" % (cfg, len(got), len(cpu)))
+        d = np.abs(np.frombuffer(got, np.uint8).astype(int) -
+                   np.frombuffer(cpu, np.uint8).astype(int)).max()
+        check(d <= 1, "cuda %s: off by %d from the CPU frames" % (cfg, d))
+        check(copied_bytes(log) == 0, "cuda %s: frame data copied" % cfg)
+
+
+@gpu_test
 def cuda_requests_and_batches_give_identical_frames():
     vf = "dnn_processing=" + torch_filter("affine", "device=cuda:async=0:batch_size=1")
     base = process(None, "64x48", 23, "rgb24", vf)

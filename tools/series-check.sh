@@ -36,7 +36,9 @@ subject() { git -C "$wt" log -1 --format='%h %s'; }
 
 n=0
 prev=
-for c in $(git -C "$tree" rev-list --reverse "${FROM:+$FROM^}${FROM:-pristine}..HEAD"); do
+base=pristine
+[ -z "$FROM" ] || base="$FROM^"
+for c in $(git -C "$tree" rev-list --reverse "$base..HEAD"); do
     git -C "$wt" checkout -q "$c"
     n=$((n + 1))
     if [ -z "$prev" ] || git -C "$wt" diff --name-only "$prev" "$c" | grep -qx configure; then
