@@ -17,7 +17,7 @@ import torch
 
 from analytics import check_box, drawn, side_data
 from harness import (FFMPEG, MODELS, Skip, as_frames, check, max_diff, model, process,
-                     raw_frames, run, test, torch_filter)
+                     raw_frames, run, source, test, torch_filter)
 
 OPENVINO_FFMPEG = os.environ.get("OPENVINO_FFMPEG", "")
 
@@ -155,6 +155,17 @@ def openvino_processes_frames_through_the_shared_code():
         got = as_frames(process(OPENVINO_FFMPEG, "64x48", 6, "rgb24", vf), 64, 48, 3)
         check(len(got) == 6, "%s: %d frames out of 6" % (cfg, len(got)))
         check(max_diff(got, want) <= 1, "%s: OpenVINO output off by %d" % (cfg, max_diff(got, want)))
+
+
+@test
+def interpolate_is_refused_on_openvino():
+    needs_openvino()
+    vf = ("dnn_processing=dnn_backend=openvino:model=%s:input=x:output=y:interpolate=2"
+          % ov_mix(64, 48))
+    rc, out, err = run(source("64x48", 3, "rgb24") + ["-vf", vf, "-f", "null", "-"],
+                       OPENVINO_FFMPEG)
+    check(rc != 0 and "interpolate needs dnn_backend=torch" in err,
+          "interpolate with OpenVINO: rc %d\n%s" % (rc, err[-2000:]))
 
 
 @test
