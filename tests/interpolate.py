@@ -51,6 +51,10 @@ def interpolation_gives_every_frame_between():
             check(pts == list(range(k * (n - 1) + 1)), "K=%d %s: pts %s" % (k, cfg, pts))
             d = max_diff(got, want)
             check(d == 0, "K=%d %s: off by %d from (1 - t) a + t b" % (k, cfg, d))
+    # One frame: nothing between, and the frame itself at the end.
+    got, pts = filter_frames(raw_input(frames[:1], "one"), dnn("blend", "interpolate=4"))
+    check(len(got) == 1 and pts == [0] and max_diff(got, frames[:1]) == 0,
+          "one frame: %d frames, pts %s" % (len(got), pts))
 
 
 @test
