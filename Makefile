@@ -139,7 +139,7 @@ $(B)/minterpolate/ffbuild/config.mak: $(PRISTINE)/.stamp $(B)/config.mk
 	cd $(B)/minterpolate && $(CURDIR)/$(PRISTINE)/configure --disable-everything \
 	    --disable-autodetect --disable-doc --disable-ffplay --disable-ffprobe \
 	    --enable-avdevice --enable-indev=lavfi --enable-muxer=null \
-	    --enable-encoder=wrapped_avframe --enable-protocol=pipe \
+	    --enable-encoder=wrapped_avframe --enable-decoder=wrapped_avframe --enable-protocol=pipe \
 	    --enable-filter=minterpolate,testsrc2,format,loop,trim,null > configure.log 2>&1 || \
 	    { tail -n 20 configure.log; echo "FFmpeg configure failed: see $(B)/minterpolate/configure.log"; exit 1; }
 
