@@ -365,6 +365,13 @@ def no_frame_lost_when_the_graph_is_rebuilt_mid_stream():
         vf = "dnn_detect=dnn_backend=torch:model_type=boxes:model=%s:%s" % (model("det_boxes"), cfg)
         got = frame_hashes(args, "format=rgb24," + vf)
         check(len(got) == 9, "dnn_detect %s: %d frames out of 9" % (cfg, len(got)))
+    # Frame interpolation: each graph ends with its last frame, 2 x 2 + 1
+    # frames of each three, the input frames among them as they came.
+    for cfg in ("interpolate=2", "interpolate=2:async=0:batch_size=2"):
+        got = frame_hashes(args, "format=rgb24,dnn_processing=" + torch_filter("blend", cfg))
+        kept = [got[i][1] for i in (0, 2, 4, 5, 7, 9, 10, 12, 14) if i < len(got)]
+        check(len(got) == 15 and kept == [h for _, h in want],
+              "%s: %d frames out of 15, or the input frames changed: %s" % (cfg, len(got), got))
 
 
 def expect_model_error(path, *words):
