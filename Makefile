@@ -218,7 +218,7 @@ $(B)/fate-suite/.stamp: tests/fate_refs.py tests/models.py $(UPSTREAM)
 	touch $@
 
 clean:
-	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/onnx $(B)/series $(B)/series-check $(B)/fate-suite $(B)/fate-suite-ref $(B)/demo $(B)/bench $(B)/models
+	rm -rf $(SRC) $(B)/ours $(B)/ours-* $(B)/upstream $(B)/onnx $(B)/minterpolate $(B)/series $(B)/series-check $(B)/fate-suite $(B)/fate-suite-ref $(B)/demo $(B)/bench $(B)/models
 
 distclean:
 	rm -rf $(B)
