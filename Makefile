@@ -23,10 +23,12 @@ UPSTREAM := $(B)/upstream/ffmpeg
 ONNX_PEER := $(if $(ONNXRUNTIME_INCLUDE),$(B)/onnx/ffmpeg)
 JOBS     ?= $(shell nproc)
 
-# The series is the source of truth: patches/series lists the patches, in
-# git format-patch form, that git am applies to the pristine release in the
+# The series are the source of truth: patches/series lists the DNN series'
+# patches, in git format-patch form, and patches/fftools/series the ffmpeg
+# CLI's; git am applies both, in that order, to the pristine release in the
 # git tree $(SRC), where they are worked on as commits (README, Development).
-STACK := $(addprefix patches/,$(shell grep -v '^\#' patches/series 2>/dev/null))
+STACK := $(addprefix patches/,$(shell grep -v '^\#' patches/series 2>/dev/null)) \
+         $(addprefix patches/fftools/,$(shell grep -v '^\#' patches/fftools/series 2>/dev/null))
 
 FF_FILTERS := dnn_processing dnn_detect dnn_classify testsrc2 color drawbox \
               format scale showinfo metadata null hstack loop setpts trim \
@@ -78,7 +80,7 @@ $(PRISTINE)/.stamp: | $(B)/config.mk
 # The tree we build: the stack applied with git am, again whenever
 # patches/ changes.  Only files whose content changes are rewritten, and
 # commits or changes in $(SRC) that patches/ lacks are never overwritten.
-$(SRC)/.git/stack-head: patches/series $(STACK) $(PRISTINE)/.stamp
+$(SRC)/.git/stack-head: patches/series patches/fftools/series $(STACK) $(PRISTINE)/.stamp
 	sh tools/stack.sh apply $(PRISTINE) $(SRC)
 
 .PHONY: tree tree-reset patches

@@ -333,16 +333,17 @@ def libtorch_warnings_go_through_the_log():
     check(rc == 0 and err.strip() == "", "-v quiet is not quiet:\n" + err[-2000:])
 
 
-def changing_stream():
+def changing_stream(drain=True):
     """Nine PNG frames whose format and size change (rgb24 64x48, gray,
-    rgba 80x60): the ffmpeg CLI rebuilds the filter graph at each change
-    without sending EOF, as for HLS and DASH streams."""
+    rgba 80x60): the ffmpeg CLI rebuilds the filter graph at each change,
+    as for HLS and DASH streams, after passing on the frames the graph
+    holds with -drain_filter (the CLI series)."""
     pattern = os.path.join(TMP, "changing%d.png")
     for start, size, fmt in ((1, "64x48", "rgb24"), (4, "64x48", "gray"), (7, "80x60", "rgba")):
         rc, _, err = run(["-y", "-f", "lavfi", "-i", "testsrc2=s=%s:r=25" % size, "-frames:v", "3",
                           "-pix_fmt", fmt, "-start_number", str(start), pattern])
         check(rc == 0, "could not write the PNG frames: " + err)
-    return ["-framerate", "25", "-i", pattern]
+    return ["-drain_filter", "1" if drain else "0", "-framerate", "25", "-i", pattern]
 
 
 def frame_hashes(args, vf):
@@ -361,6 +362,12 @@ def no_frame_lost_when_the_graph_is_rebuilt_mid_stream():
                 "nireq=4:batch_size=4", "nireq=2:batch_size=3"):
         got = frame_hashes(args, "format=rgb24,dnn_processing=" + torch_filter("identity", cfg))
         check(got == want, "%s: %d frames out of 9, or other frames: %s" % (cfg or "defaults", len(got), got))
+    # Without -drain_filter the CLI frees the frames held at each rebuild:
+    # batches of 4 never fill with 3 frames a graph, so only the last
+    # graph's, sent on at EOF, come out.
+    got = frame_hashes(changing_stream(drain=False),
+                       "format=rgb24,dnn_processing=" + torch_filter("identity", "nireq=4:batch_size=4"))
+    check(got == want[6:], "without -drain_filter: %d frames out of 9, not the last 3" % len(got))
     for cfg in ("nireq=4:batch_size=4", "async=0:batch_size=2"):
         vf = "dnn_detect=dnn_backend=torch:model_type=boxes:model=%s:%s" % (model("det_boxes"), cfg)
         got = frame_hashes(args, "format=rgb24," + vf)

@@ -60,5 +60,15 @@ for c in $(git -C "$tree" rev-list --reverse "$base..HEAD"); do
     echo "series: $(subject): builds${fate:+, passes $count FATE tests}"
 done
 [ "${most:-0}" -gt 0 ] || { echo "series: no commit lists a DNN FATE test"; exit 1; }
+# The CLI series (the fftools/ commits at the top) applies to the release
+# without the DNN series.
+cli=$(git -C "$tree" log --format='%H %s' pristine..HEAD | awk '$2 !~ /^fftools\// { exit } { print $1 }' | tail -n 1)
+if [ -n "$cli" ]; then
+    git -C "$wt" checkout -q pristine
+    git -C "$tree" format-patch -q --stdout "$cli^..HEAD" |
+        git -C "$wt" -c user.name=check -c user.email=check@localhost am -q ||
+        { echo "series: the fftools/ series does not apply to the release alone"; exit 1; }
+    echo "series: the fftools/ series applies to the release alone"
+fi
 git -C "$tree" worktree remove --force "$wt"
 echo "series: each of the $n commits builds and passes the FATE tests it has"

@@ -1,6 +1,13 @@
 #!/bin/sh
-# The patch stack in patches/ (patches/series lists patches/NNNN-*.patch in
-# order) and the git tree it is worked on in.
+# The patch stack and the git tree it is worked on in.  The stack is two
+# series, each a folder with its patches (git format-patch form), their
+# order in "series" and its cover letter in cover-letter.txt, applied in
+# this order:
+#
+#   patches/           the DNN series
+#   patches/fftools/   the ffmpeg CLI's -drain_filter, which applies to the
+#                      release without the DNN series (commits whose
+#                      subject starts with "fftools/", at the top)
 #
 #   tools/stack.sh apply PRISTINE TREE    git am the stack onto the pristine
 #                                         release, in TREE (a git repository
@@ -8,9 +15,9 @@
 #                                         "pristine", is the release)
 #   tools/stack.sh export TREE            write TREE's commits after
 #                                         "pristine" back into patches/
-#   tools/stack.sh mail TREE OUTDIR       the series for the mailing list:
-#                                         numbered, with the cover letter
-#                                         filled from patches/cover-letter.txt
+#   tools/stack.sh mail TREE OUTDIR       each series for the mailing list,
+#                                         in OUTDIR and OUTDIR/fftools:
+#                                         numbered, with its cover letter
 #
 # TREE/.git/stack-head records the commit that patches/ holds.  apply keeps
 # the files whose content does not change (so that builds stay incremental)
@@ -18,6 +25,7 @@
 set -e
 top=$(cd "$(dirname "$0")/.." && pwd)
 stack=$top/patches
+cli=$stack/fftools
 
 name=$(git -C "$top" log -1 --format=%an 2>/dev/null || true)
 email=$(git -C "$top" log -1 --format=%ae 2>/dev/null || true)
@@ -27,8 +35,27 @@ git_() {
 }
 die() { echo "stack: $*" >&2; exit 1; }
 
-patch_files() {
-    grep -v '^#' "$stack/series" | grep -v '^[[:space:]]*$' | sed "s|^|$stack/|"
+series_files() {
+    [ -f "$1/series" ] || return 0
+    grep -v '^#' "$1/series" | grep -v '^[[:space:]]*$' | sed "s|^|$1/|"
+}
+patch_files() { series_files "$stack"; series_files "$cli"; }
+
+# The last commit of the DNN series: the CLI series is the commits at the
+# top whose subject starts with "fftools/".
+dnn_head() {
+    tree=$1 cli_seen=
+    base=$(git -C "$tree" rev-parse pristine)
+    for c in $(git -C "$tree" rev-list --reverse pristine..HEAD); do
+        if git -C "$tree" log -1 --format=%s "$c" | grep -q '^fftools/'; then
+            cli_seen=1
+        else
+            [ -z "$cli_seen" ] ||
+                die "$(git -C "$tree" log -1 --format='%h %s' "$c") follows a fftools/ commit: the CLI series goes at the top"
+            base=$c
+        fi
+    done
+    echo "$base"
 }
 
 # Fails, naming the fix, when the tree holds work that patches/ lacks.
@@ -78,33 +105,51 @@ export_() {
         die "$tree has uncommitted changes: commit them first"
     git -C "$tree" rev-list pristine..HEAD --merges | grep -q . &&
         die "$tree has merge commits; a patch stack is linear"
+    top_dnn=$(dnn_head "$tree")
+    write_series "$tree" pristine "$top_dnn" "$stack" \
+        "The DNN series, applied in this order with git am onto FFmpeg 9.0.2."
+    write_series "$tree" "$top_dnn" HEAD "$cli" \
+        "The ffmpeg CLI series, applied with git am after patches/series (or alone onto 9.0.2)."
+    git -C "$tree" rev-parse HEAD > "$tree/.git/stack-head"
+    echo "stack: $(patch_files | grep -c .) patches written to patches/"
+}
+
+# Writes the commits FROM..TO into the series folder DIR.
+write_series() {
+    tree=$1 from=$2 to=$3 dir=$4 title=$5
     work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
     git -C "$tree" format-patch -q --zero-commit --no-signature --no-numbered \
-        -o "$work" pristine..HEAD
-    rm -f "$stack"/[0-9][0-9][0-9][0-9]-*.patch
+        -o "$work" "$from..$to"
+    mkdir -p "$dir"
+    rm -f "$dir"/[0-9][0-9][0-9][0-9]-*.patch
     {
-        echo "# The patch stack, applied in this order with git am onto FFmpeg 9.0.2."
+        echo "# $title"
         echo "# Written by make patches from build/src; see README, Development."
         for f in "$work"/*.patch; do
             [ -e "$f" ] || continue
-            mv "$f" "$stack/"
+            mv "$f" "$dir/"
             basename "$f"
         done
-    } > "$stack/series"
-    git -C "$tree" rev-parse HEAD > "$tree/.git/stack-head"
-    echo "stack: $(patch_files | grep -c .) patches written to patches/"
+    } > "$dir/series"
+    rm -rf "$work"
 }
 
 mail() {
     tree=$1 out=$2
     in_sync "$tree"
+    top_dnn=$(dnn_head "$tree")
+    mail_series "$tree" pristine "$top_dnn" "$stack/cover-letter.txt" "$out"
+    mail_series "$tree" "$top_dnn" HEAD "$cli/cover-letter.txt" "$out/fftools"
+}
+
+# The commits FROM..TO numbered for the list in OUTDIR, with the cover
+# letter's subject and blurb from TEXT: its first line, then the rest.
+mail_series() {
+    tree=$1 from=$2 to=$3 text=$4 out=$5
     mkdir -p "$out"
     rm -f "$out"/*.patch
-    git_ -C "$tree" format-patch -q --cover-letter --numbered -o "$(cd "$out" && pwd)" pristine..HEAD
-    # The cover letter's subject and blurb: patches/cover-letter.txt's first
-    # line, then the rest.
-    awk -v text="$stack/cover-letter.txt" '
+    git_ -C "$tree" format-patch -q --cover-letter --numbered -o "$(cd "$out" && pwd)" "$from..$to"
+    awk -v text="$text" '
         /\*\*\* SUBJECT HERE \*\*\*/ { getline subject < text; sub(/\*\*\* SUBJECT HERE \*\*\*/, subject) }
         /\*\*\* BLURB HERE \*\*\*/ { getline line < text; while ((getline line < text) > 0) print line; next }
         { print }' "$out/0000-cover-letter.patch" > "$out/cover.tmp"
