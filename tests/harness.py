@@ -143,9 +143,11 @@ def max_diff(a, b):
 
 
 def expect_error(vf, *words, size="64x48", frames=3, fmt="rgb24", extra=()):
+    """ffmpeg fails on vf, and its log at -v verbose holds the words: the
+    error states the cause, and what to do about it is logged at verbose."""
     args = source(size, frames, fmt)
     args[-1] += "," + vf
-    rc, out, err = run(args + list(extra) + ["-f", "null", "-"])
+    rc, out, err = run(args + list(extra) + ["-f", "null", "-"], loglevel="verbose")
     check(rc != 0, "ffmpeg exited 0 on bad input (%s)" % vf)
     for w in words:
         check(w.lower() in err.lower(), "message lacks %r:\n%s" % (w, err[-2000:]))

@@ -386,6 +386,35 @@ def expect_model_error(path, *words):
 
 
 @test
+def errors_state_the_cause_and_leave_advice_to_verbose():
+    """FFmpeg's style: an error states its cause in one line; what to do
+    about it is logged at verbose, so that -v error shows the cause alone."""
+    weights = os.path.join(TMP, "weights_only.pth")
+    torch.save(models.MODELS["conv3"]().eval().state_dict(), weights)
+    cases = (
+        ("dnn_processing=dnn_backend=torch:model=" + weights,
+         "holds weights, not a program", "Export the model"),
+        ("dnn_processing=" + torch_filter("conv3", "channels=2"),
+         "channels=2 is not supported", "Use 1 or 3"),
+        ("dnn_processing=" + torch_filter("win_first", "frames=2"),
+         "frames=2 is even", "Use an odd number"),
+        ("dnn_processing=" + torch_filter("conv3", "norm_mean=0.5&0.5:norm_std=0.2"),
+         "norm_mean has 2 values and norm_std 1", "Give one value, or one per channel"),
+    )
+    for vf, cause, advice in cases:
+        args = source("64x48", 2)
+        args[-1] += "," + vf
+        for level, shown in (("error", False), ("verbose", True)):
+            rc, out, err = run(args + ["-f", "null", "-"], loglevel=level)
+            lines = [l for l in err.splitlines() if cause in l]
+            check(rc != 0 and len(lines) == 1,
+                  "-v %s: %s: exit %d, the cause %r in %d lines:\n%s"
+                  % (level, vf, rc, cause, len(lines), err[-2000:]))
+            check((advice in err) == shown, "-v %s: %s: the advice %r is%s in the log:\n%s"
+                  % (level, vf, advice, "" if not shown else " not", err[-2000:]))
+
+
+@test
 def weights_saved_with_torch_save_are_named_as_such():
     net = models.MODELS["conv3"]().eval()
     for name, obj in (("state_dict.pth", net.state_dict()), ("checkpoint.pt", {"model": net})):
