@@ -563,7 +563,7 @@ def mean_and_std_of_the_wrong_length():
     expect_error("dnn_processing=" + torch_filter("squash", "norm_mean=0.5&0.5"),
                  "norm_mean has 2 values", "3 channels")
     expect_error("dnn_processing=" + torch_filter("gray", "norm_std=0.5&0.5&0.5"),
-                 "norm_std 3", "takes 1 channel:", fmt="gray")
+                 "norm_std 3", "model takes 1 channel\n", fmt="gray")
 
 
 @test
