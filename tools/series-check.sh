@@ -62,10 +62,10 @@ done
 [ "${most:-0}" -gt 0 ] || { echo "series: no commit lists a DNN FATE test"; exit 1; }
 # The CLI series (the fftools/ commits at the top) applies to the release
 # without the DNN series.
-cli=$(git -C "$tree" log --format='%H %s' pristine..HEAD | awk '$2 !~ /^fftools\// { exit } { print $1 }' | tail -n 1)
-if [ -n "$cli" ]; then
+dnn_head=$(sh "$(dirname "$0")/stack.sh" dnn-head "$tree")
+if [ "$dnn_head" != "$(git -C "$tree" rev-parse HEAD)" ]; then
     git -C "$wt" checkout -q pristine
-    git -C "$tree" format-patch -q --stdout "$cli^..HEAD" |
+    git -C "$tree" format-patch -q --stdout "$dnn_head..HEAD" |
         git -C "$wt" -c user.name=check -c user.email=check@localhost am -q ||
         { echo "series: the fftools/ series does not apply to the release alone"; exit 1; }
     echo "series: the fftools/ series applies to the release alone"

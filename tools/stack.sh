@@ -18,6 +18,7 @@
 #   tools/stack.sh mail TREE OUTDIR       each series for the mailing list,
 #                                         in OUTDIR and OUTDIR/fftools:
 #                                         numbered, with its cover letter
+#   tools/stack.sh dnn-head TREE          the last commit of the DNN series
 #
 # TREE/.git/stack-head records the commit that patches/ holds.  apply keeps
 # the files whose content does not change (so that builds stay incremental)
@@ -118,6 +119,7 @@ export_() {
 write_series() {
     tree=$1 from=$2 to=$3 dir=$4 title=$5
     work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
     git -C "$tree" format-patch -q --zero-commit --no-signature --no-numbered \
         -o "$work" "$from..$to"
     mkdir -p "$dir"
@@ -161,5 +163,6 @@ case $1 in
 apply)  [ $# = 3 ] || die "usage: $0 apply PRISTINE TREE"; apply "$2" "$3" ;;
 export) [ $# = 2 ] || die "usage: $0 export TREE"; export_ "$2" ;;
 mail)   [ $# = 3 ] || die "usage: $0 mail TREE OUTDIR"; mail "$2" "$3" ;;
-*)      die "usage: $0 apply|export|mail ..." ;;
+dnn-head) [ $# = 2 ] || die "usage: $0 dnn-head TREE"; dnn_head "$2" ;;
+*)      die "usage: $0 apply|export|mail|dnn-head ..." ;;
 esac
