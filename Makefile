@@ -33,7 +33,12 @@ STACK := $(addprefix patches/,$(shell grep -v '^\#' patches/series 2>/dev/null))
 FF_FILTERS := dnn_processing dnn_detect dnn_classify testsrc2 color drawbox \
               format scale showinfo metadata null hstack loop setpts trim \
               crop pad split scdet vflip fps
-FF_CUDA_FILTERS := hwupload_cuda hwupload hwdownload
+FF_CUDA_FILTERS := hwupload_cuda hwupload hwdownload noise
+# make check-gpu's asynchronous producer: an MPEG-2 clip encoded by the
+# tests, decoded by NVDEC.
+FF_CUDA_CODECS = --enable-nvdec --enable-hwaccel=mpeg2_nvdec \
+    --enable-encoder=mpeg2video --enable-decoder=mpeg2video \
+    --enable-muxer=mpeg2video --enable-demuxer=mpegvideo --enable-parser=mpegvideo
 FF_COMMON = --disable-everything --disable-autodetect --disable-doc \
     --disable-ffplay --disable-ffprobe --disable-stripping \
     --enable-avdevice --enable-indev=lavfi \
@@ -43,7 +48,7 @@ FF_COMMON = --disable-everything --disable-autodetect --disable-doc \
     --enable-encoder=rawvideo,png,wrapped_avframe,pcm_s16le \
     --enable-decoder=rawvideo,png,wrapped_avframe --enable-parser=png \
     --enable-protocol=file,pipe --enable-zlib \
-    $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda --pkg-config=$(PKG_CONFIG)) \
+    $(if $(filter yes,$(CUDA_FRAMES)),--enable-ffnvcodec --enable-cuda $(FF_CUDA_CODECS) --pkg-config=$(PKG_CONFIG)) \
     $(if $(filter no,$(X86ASM)),--disable-x86asm) \
     $(if $(SANITIZE),--toolchain=gcc-$(SAN_TOOLCHAIN_$(SANITIZE))) \
     $(if $(ASSERT),--assert-level=$(ASSERT) $(if $(OPENVINO_PC),--enable-libopenvino))
@@ -63,7 +68,7 @@ SAN_TOOLCHAIN_address := asan
 SAN_TOOLCHAIN_thread  := tsan
 FF_ENV = PKG_CONFIG_PATH=$(subst $() ,:,$(strip $(FFNVCODEC_PC) $(OPENVINO_PC)))$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}
 
-.PHONY: all upstream onnx-peer check check-gpu demo bench bench-gpu series series-check werror-check debian-check clean distclean FORCE
+.PHONY: all upstream onnx-peer check check-gpu test-tools demo bench bench-gpu series series-check werror-check debian-check clean distclean FORCE
 
 all: $(FFMPEG)
 
@@ -153,8 +158,22 @@ FORCE:
 # --- tests, demo, benchmarks -------------------------------------------------
 
 TEST_ENV = FFMPEG=$(CURDIR)/$(FFMPEG) UPSTREAM_FFMPEG=$(CURDIR)/$(UPSTREAM) FFMPEG_SRC=$(CURDIR)/$(SRC) \
-           SANITIZE=$(SANITIZE) MODELS=$(CURDIR)/$(B)/models \
+           SANITIZE=$(SANITIZE) MODELS=$(CURDIR)/$(B)/models TEST_TOOLS=$(CURDIR)/$(TOOLS_DIR) \
            LIBTORCH_VERSION=$(TORCH_VERSION)
+
+# tests/tools: a program that runs filters through the API, on a CUDA
+# stream of its choosing; c10's sync-debug mode, preloaded; and a counter of
+# host-device copies and kernels that the CUDA driver loads (CUPTI).  The
+# last two need LibTorch's CUDA and CUPTI's headers (pip installs them
+# beside torch; a CUDA toolkit has them too).
+TOOLS_DIR := $(OBJ)/test-tools
+CUPTI_INCLUDE := $(firstword $(patsubst %/cupti.h,%,$(wildcard $(CUDA_INCLUDE)/cupti.h \
+    $(CUDA_INCLUDE)/../extras/CUPTI/include/cupti.h)))
+CUPTI_LIB := $(firstword $(wildcard $(CUDA_INCLUDE)/../lib/libcupti.so* \
+    $(CUDA_INCLUDE)/../lib64/libcupti.so* $(CUDA_INCLUDE)/../extras/CUPTI/lib64/libcupti.so*))
+TEST_TOOLS := $(TOOLS_DIR)/filter_frames \
+    $(if $(filter yes,$(TORCH_CUDA)),$(TOOLS_DIR)/sync_debug.so \
+        $(if $(and $(CUPTI_INCLUDE),$(CUPTI_LIB)),$(TOOLS_DIR)/cuda_copies.so))
 
 # The pipeline tests also run on an ASSERT=2 build of the same tree, and the
 # OpenVINO tests on it when it has OpenVINO.
@@ -162,12 +181,30 @@ ASSERT_FFMPEG := $(B)/ours-assert2/ffmpeg
 SECOND_BUILD_ENV = ASSERT_FFMPEG=$(CURDIR)/$(ASSERT_FFMPEG) \
     $(if $(OPENVINO_PC),OPENVINO_FFMPEG=$(CURDIR)/$(ASSERT_FFMPEG))
 
-check: $(FFMPEG) $(if $(SANITIZE)$(ASSERT),,$(UPSTREAM))
+check: $(FFMPEG) $(if $(SANITIZE)$(ASSERT),,$(UPSTREAM)) $(TEST_TOOLS)
 	$(if $(SANITIZE)$(ASSERT),,$(MAKE) ASSERT=2 all)
 	$(TEST_ENV) $(if $(SANITIZE)$(ASSERT),,$(SECOND_BUILD_ENV)) $(PYTHON) tests/run.py
 
-check-gpu: $(FFMPEG)
-	$(TEST_ENV) $(PYTHON) tests/run.py --gpu
+# TEST_JOBS=N runs N CUDA tests at a time.
+check-gpu: $(FFMPEG) $(TEST_TOOLS)
+	$(TEST_ENV) $(PYTHON) tests/run.py --gpu $(if $(TEST_JOBS),--jobs=$(TEST_JOBS))
+
+test-tools: $(TEST_TOOLS)
+
+$(TOOLS_DIR)/filter_frames: tests/tools/filter_frames.c tests/tools/link.mak $(FFMPEG)
+	mkdir -p $(@D)
+	$(MAKE) -s -C $(OBJ) -f $(CURDIR)/tests/tools/link.mak \
+	    PROG_SRC=$(CURDIR)/$< PROG=$(CURDIR)/$@
+
+$(TOOLS_DIR)/sync_debug.so: tests/tools/sync_debug.cpp $(B)/config.mk
+	mkdir -p $(@D)
+	$(CXX) -O2 -std=c++17 -shared -fPIC $(TORCH_ABI_FLAG) -o $@ $< \
+	    -I$(LIBTORCH)/include -I$(CUDA_INCLUDE)
+
+$(TOOLS_DIR)/cuda_copies.so: tests/tools/cuda_copies.c $(B)/config.mk
+	mkdir -p $(@D)
+	$(CC) -O2 -shared -fPIC -o $@ $< -I$(CUPTI_INCLUDE) $(CUPTI_LIB) \
+	    -Wl,-rpath,$(abspath $(dir $(CUPTI_LIB))) -ldl -lpthread
 
 demo: $(FFMPEG)
 	FFMPEG=$(CURDIR)/$(FFMPEG) $(PYTHON) tools/demo.py $(B)/demo

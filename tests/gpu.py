@@ -4,10 +4,12 @@ hwupload) stay there, and must give the frames of the CPU path, with no copy
 between host and device.
 """
 
+import ctypes
 import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -15,8 +17,9 @@ import numpy as np
 
 import models
 from analytics import COLOR_NAMES, COLORED, detect, drawn, side_data
-from harness import (FFMPEG, PACKAGES, TMP, check, expect_error, gpu_test, max_diff,
-                     model, process, run, source, torch_filter, write)
+from harness import (FFMPEG, PACKAGES, SANITIZE, TMP, Skip, alone, as_frames, changing_stream,
+                     check, expect_error, filter_frames, gpu_test, max_diff, model, process,
+                     psnr, reference, run, source, test, test_tool, torch_filter, write)
 
 # The device in its primary context, which LibTorch shares (see the README).
 CUDA_DEVICE = ["-init_hw_device", "cuda=cu:0,primary_ctx=1", "-filter_hw_device", "cu"]
@@ -152,6 +155,15 @@ def cuda_package():
     want = np.frombuffer(process(None, "96x64", 3, "rgb24",
                                  "dnn_processing=" + torch_filter("conv1x1")), np.uint8)
     check(max_diff(got, want) <= 1, "cuda package off by %d" % max_diff(got, want))
+    # The package on CUDA frames: the frames stay on the device.
+    for fmt, cfg in (("rgb0", ""), ("nv12", ":channels=3:nireq=3:batch_size=2")):
+        want = samples(process(None, "96x64", 5, fmt, "dnn_processing=" +
+                               torch_filter("conv1x1", cfg[1:])), fmt)
+        got, log = cuda_process("96x64", 5, fmt, vf + cfg, loglevel="verbose")
+        got = samples(got, fmt)
+        check(got.size == want.size and max_diff(got, want) <= 1,
+              "cuda package on %s CUDA frames: off the CPU frames" % fmt)
+        check(copied_bytes(log) == 0, "cuda package on %s CUDA frames: frame data copied" % fmt)
     expect_error("dnn_processing=dnn_backend=torch:model=" + path, "compiled for cuda")
     cpu_path = os.path.join(TMP, "conv1x1_cpu.pt2")
     models.compile_package("conv1x1", (1, 3, 48, 64), (2, 3), cpu_path)
@@ -266,6 +278,7 @@ def gpu_memory_mib(pid):
 
 
 @gpu_test
+@alone
 def cuda_frames_2000_at_1080p_with_flat_memory():
     check(shutil.which("nvidia-smi"), "nvidia-smi not found")
     vf = ("hwupload,dnn_processing=%s,hwdownload,format=nv12"
@@ -350,3 +363,378 @@ def cuda_frames_through_windows_and_recurrent_models_without_copies():
               "%s %s: CUDA frames off from the CPU" % (name, extra))
         check(copied_bytes(log) == 0, "%s %s: %d bytes of frame data crossed"
               % (name, extra, copied_bytes(log)))
+
+
+# --- producers and consumers that do not wait for the backend ---------------
+
+# NVDEC in the device's primary context, its frames left on the GPU.
+NVDEC = CUDA_DEVICE + ["-hwaccel", "cuda", "-hwaccel_device", "cu",
+                       "-hwaccel_output_format", "cuda"]
+
+
+CLIPS = threading.Lock()
+
+
+def mpeg2_clip(size, frames):
+    """An MPEG-2 clip of testsrc2 under temporal noise, so that each frame
+    differs from the one before it everywhere; NVDEC writes its frames on
+    FFmpeg's stream while the backend's requests run on theirs.  Made once,
+    by the first of the tests that run at once to need it."""
+    path = os.path.join(TMP, "clip-%s-%d.m2v" % (size, frames))
+    with CLIPS:
+        if not os.path.exists(path):
+            encode_clip(path, size, frames)
+    return path
+
+
+def encode_clip(path, size, frames):
+    rc, _, err = run(["-f", "lavfi", "-i", "testsrc2=s=%s:r=25" % size,
+                      "-frames:v", str(frames), "-vf", "noise=alls=24:allf=t,format=yuv420p",
+                      "-c:v", "mpeg2video", "-q:v", "2", "-g", "6", "-bf", "0", "-y", path])
+    check(rc == 0, "could not encode the MPEG-2 clip: " + err[-2000:])
+
+
+def decoded_nv12(decoder_args, clip, vf, w, h):
+    """The clip through vf, as nv12 frames: an array of frames x bytes."""
+    rc, out, err = run(decoder_args + ["-i", clip, "-vf", vf, "-f", "rawvideo", "-"])
+    check(rc == 0, "ffmpeg failed (%d) on %s:\n%s" % (rc, vf, err[-3000:]))
+    frame = w * h * 3 // 2
+    check(len(out) % frame == 0, "%s: %d bytes, not whole %dx%d nv12 frames" % (vf, len(out), w, h))
+    return np.frombuffer(out, np.uint8).reshape(-1, frame)
+
+
+def each_in_its_place(got, want, what, limit=35):
+    """Frame i of got is frame i of want (another decoder, another device):
+    close to it and further from the frames before and after, which the
+    clip's noise makes differ everywhere."""
+    check(len(got) == len(want), "%s: %d frames, want %d" % (what, len(got), len(want)))
+    for i in range(len(got)):
+        own = psnr(got[i], want[i])
+        check(own >= limit, "%s: frame %d at %.1f dB of the CPU path's" % (what, i, own))
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(want):
+                other = psnr(got[i], want[j])
+                check(other < own - 6, "%s: frame %d is as close to frame %d (%.1f dB) as "
+                      "to its own (%.1f dB)" % (what, i, j, other, own))
+
+
+@gpu_test
+def nvdec_frames_at_4k_through_requests_and_batches():
+    """3840x2160 frames from NVDEC: nireq=4:batch_size=2 gives the frames of
+    async=0 and those of the CPU path on the clip decoded in software, each
+    in its place."""
+    w, h, n = 3840, 2160, 12
+    clip = mpeg2_clip("%dx%d" % (w, h), n)
+    cpu = decoded_nv12([], clip, "format=nv12,dnn_processing=" +
+                       torch_filter("conv3", "channels=3"), w, h)
+    cuda = {}
+    for cfg in ("async=0", "nireq=4:batch_size=2"):
+        cuda[cfg] = decoded_nv12(NVDEC, clip, "dnn_processing=%s,hwdownload,format=nv12"
+                                 % torch_filter("conv3", "device=cuda:channels=3:" + cfg), w, h)
+    check(cuda["async=0"].shape == cuda["nireq=4:batch_size=2"].shape and
+          max_diff(cuda["async=0"], cuda["nireq=4:batch_size=2"]) <= 1,
+          "NVDEC frames: nireq=4:batch_size=2 off async=0")
+    for cfg, frames in cuda.items():
+        each_in_its_place(frames, cpu, "NVDEC frames with %s" % cfg)
+
+
+@gpu_test
+def nvdec_frames_through_windows_and_recurrent_models():
+    # Windows hold NVDEC's frames over several requests; a recurrent state
+    # stays on the device from one to the next.
+    w, h, n = 640, 360, 12
+    clip = mpeg2_clip("%dx%d" % (w, h), n)
+    for name, extra in (("win_mean", "frames=5"), ("win_ema", "frames=3"),
+                        ("rec_ema", "nireq=2"), ("win_first", "frames=3:batch_size=2")):
+        opts = "channels=3:" + extra
+        cpu = decoded_nv12([], clip, "format=nv12,dnn_processing=" + torch_filter(name, opts),
+                           w, h)
+        rc, out, err = run(NVDEC + ["-i", clip, "-vf", "dnn_processing=%s,hwdownload,format=nv12"
+                                    % torch_filter(name, "device=cuda:" + opts),
+                                    "-f", "rawvideo", "-"], loglevel="verbose")
+        check(rc == 0, "%s %s on NVDEC frames failed:\n%s" % (name, extra, err[-2000:]))
+        got = np.frombuffer(out, np.uint8).reshape(-1, w * h * 3 // 2)
+        each_in_its_place(got, cpu, "%s %s on NVDEC frames" % (name, extra))
+        check(copied_bytes(err) == 0, "%s %s: frame data copied" % (name, extra))
+
+
+@gpu_test
+def a_program_with_a_stream_of_its_own_gets_the_cpu_frames():
+    """Through the API, a CUDA device whose stream is CU_STREAM_NON_BLOCKING
+    (hwupload and hwdownload queue there, and it does not wait for the legacy
+    stream) or the legacy one; the per-thread stream is refused."""
+    size, n = "1280x720", 16
+    rc, cpu, err = filter_frames(size, n, "nv12", "dnn_processing=" +
+                                 torch_filter("conv3", "channels=3"))
+    check(rc == 0 and len(cpu) == n * 1280 * 720 * 3 // 2, "the CPU path failed:\n" + err[-2000:])
+    cpu = np.frombuffer(cpu, np.uint8)
+    for stream in ("nonblocking", "legacy"):
+        for cfg in ("nireq=4:batch_size=2", "async=0"):
+            filters = "hwupload,dnn_processing=%s,hwdownload,format=nv12" % torch_filter(
+                "conv3", "device=cuda:channels=3:" + cfg)
+            rc, got, err = filter_frames(size, n, "nv12", filters, stream)
+            check(rc == 0, "%s stream, %s: failed:\n%s" % (stream, cfg, err[-2000:]))
+            got = np.frombuffer(got, np.uint8)
+            check(got.size == cpu.size and max_diff(got, cpu) <= 1,
+                  "%s stream, %s: off the CPU frames" % (stream, cfg))
+    rc, _, err = filter_frames(size, 2, "nv12", "hwupload,dnn_processing=" +
+                               torch_filter("conv3", "device=cuda:channels=3"), "per-thread")
+    check(rc != 0 and "per-thread default stream" in err,
+          "the per-thread default stream: exit %d:\n%s" % (rc, err[-2000:]))
+
+
+# --- odd sizes, size changes ---------------------------------------------------
+
+def planes(data, fmt, w, h):
+    """Raw frames as lists of planes (rows x samples); P010's samples as
+    10-bit values."""
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    layout = {"bgra": [(h, 4 * w)], "rgba": [(h, 4 * w)], "rgb0": [(h, 4 * w)],
+              "yuv420p": [(h, w), (ch, cw), (ch, cw)], "nv12": [(h, w), (ch, 2 * cw)],
+              "p010le": [(h, w), (ch, 2 * cw)]}[fmt]
+    wide = 2 if fmt == "p010le" else 1
+    frame = sum(r * c for r, c in layout) * wide
+    check(len(data) % frame == 0, "%d bytes are no whole %dx%d %s frames" % (len(data), w, h, fmt))
+    out = []
+    for f in range(len(data) // frame):
+        off, ps = f * frame, []
+        for r, c in layout:
+            a = np.frombuffer(data, np.uint8 if wide == 1 else "<u2", r * c, off)
+            ps.append((a >> 6 if wide == 2 else a).reshape(r, c).astype(np.int32))
+            off += r * c * wide
+        out.append(ps)
+    return out
+
+
+@gpu_test
+def cuda_frames_of_odd_sizes():
+    """Odd widths and heights on the GPU against the CPU path.  The CPU
+    frames go through the same upload and download: hwcontext_cuda copies
+    the chroma of odd-height frames without its last row (height >> 1),
+    in both directions, so the rows made from that row are not compared."""
+    cases = (("upx2", "bgra", ""), ("mix1x1", "rgba", "channels=3"), ("gray", "nv12", ""),
+             ("gray", "yuv420p", ""), ("gray", "p010le", ""),
+             ("mix1x1", "yuv420p", "channels=3"), ("mix1x1", "nv12", "channels=3"),
+             ("mix1x1", "p010le", "channels=3"))
+    for size in ("97x65", "97x64", "96x65"):
+        w, h = (int(v) for v in size.split("x"))
+        for name, fmt, extra in cases:
+            scale = 2 if name == "upx2" else 1
+            want, _ = cuda_process(size, 3, fmt, "hwdownload,format=%s,dnn_processing=%s,"
+                                   "hwupload" % (fmt, torch_filter(name, extra)))
+            got, log = cuda_process(size, 3, fmt, "dnn_processing=" +
+                                    torch_filter(name, "device=cuda" + (":" + extra if extra else "")),
+                                    loglevel="verbose")
+            what = "%s %s %s" % (name, fmt, size)
+            a, b = planes(want, fmt, w * scale, h * scale), planes(got, fmt, w * scale, h * scale)
+            check(len(a) == len(b) == 3, "%s: %d frames on the GPU, %d on the CPU"
+                  % (what, len(b), len(a)))
+            # Rows that depend on the chroma row not copied: the last chroma
+            # row; with a 3-channel model, the luma rows and the chroma row
+            # above it that are converted with it.
+            cut = [0] * 3
+            if h % 2 and fmt in ("yuv420p", "nv12", "p010le"):
+                cut = [2, 2, 2] if extra else [0, 1, 1]
+            for fa, fb in zip(a, b):
+                for i, (pa, pb) in enumerate(zip(fa, fb)):
+                    rows = pa.shape[0] - cut[i]
+                    check(max_diff(pa[:rows], pb[:rows]) <= 1, "%s: plane %d off the CPU path's"
+                          % (what, i))
+            check(copied_bytes(log) == 0, "%s: frame data copied" % what)
+
+
+@gpu_test
+def cuda_frames_when_the_stream_changes_size():
+    """The CLI rebuilds the graph at each change of size and format, with
+    the frames in flight on the GPU passed on (-drain_filter): the frames of
+    the CPU path, none lost."""
+    args = changing_stream()
+    sizes = [(64, 48)] * 6 + [(80, 60)] * 3
+    outs = []
+    for vf in ("format=nv12,dnn_processing=" + torch_filter("gray"),
+               "format=nv12,hwupload,dnn_processing=%s,hwdownload,format=nv12"
+               % torch_filter("gray", "device=cuda:nireq=4:batch_size=2")):
+        rc, out, err = run(CUDA_DEVICE + args + ["-vf", vf, "-f", "rawvideo", "-"])
+        check(rc == 0, "%s failed:\n%s" % (vf, err[-2000:]))
+        outs.append(out)
+    want = sum(w * h * 3 // 2 for w, h in sizes)
+    check(len(outs[0]) == len(outs[1]) == want, "%d bytes on the GPU, %d on the CPU, want %d"
+          % (len(outs[1]), len(outs[0]), want))
+    check(max_diff(np.frombuffer(outs[0], np.uint8), np.frombuffer(outs[1], np.uint8)) <= 1,
+          "the GPU's frames are off the CPU's across the size changes")
+
+
+# --- failures on the GPU ---------------------------------------------------------
+
+@gpu_test
+def gpu_failures_end_in_an_error():
+    """A model that throws, runs out of memory or hits a device-side assert
+    after 8 calls, with requests in flight: ffmpeg exits with an error that
+    names the cause (run() fails on a crash or a hang), and the OOM is
+    retried once after LibTorch's cache is emptied."""
+    for name, words in (("fails_later", ("failed on purpose",)),
+                        ("oom_later", ("Out of memory on cuda", "lower nireq",
+                                       "running the model again")),
+                        ("asserts_later", ("device-side assert",))):
+        for cfg in ("nireq=4:batch_size=2", "async=0"):
+            args = CUDA_DEVICE + source("320x240", 40, "nv12")
+            args[-1] += ",hwupload,dnn_processing=%s,hwdownload,format=nv12" % torch_filter(
+                name, "device=cuda:channels=3:" + cfg)
+            rc, _, err = run(args + ["-f", "null", "-"], loglevel="verbose")
+            check(rc != 0, "%s %s: exit 0" % (name, cfg))
+            for w in words:
+                check(w.lower() in err.lower(), "%s %s: the log lacks %r:\n%s"
+                      % (name, cfg, w, err[-3000:]))
+    # An output size that changes from call to call, on CUDA frames.
+    args = CUDA_DEVICE + source("64x48", 6, "rgb0")
+    args[-1] += ",hwupload,dnn_processing=" + torch_filter("taller", "device=cuda:async=0")
+    rc, _, err = run(args + ["-f", "null", "-"], loglevel="verbose")
+    check(rc != 0 and "must depend on the input size alone" in err,
+          "a model whose output size changes: exit %d:\n%s" % (rc, err[-2000:]))
+
+
+# --- what the driver and LibTorch see ---------------------------------------------
+
+def driver_counts(args):
+    """Run ffmpeg under tests/tools/cuda_copies (CUPTI, loaded by the driver):
+    the host-device copies and kernels of the whole process, and the log."""
+    out = os.path.join(TMP, "cuda-copies.txt")
+    if os.path.exists(out):
+        os.remove(out)
+    rc, _, err = run(args, loglevel="verbose", env={
+        "CUDA_INJECTION64_PATH": test_tool("cuda_copies.so"), "CUDA_COPIES_OUT": out})
+    check(rc == 0, "ffmpeg failed (%d):\n%s" % (rc, err[-3000:]))
+    check(os.path.exists(out), "the driver did not load the CUPTI counter")
+    text = open(out).read().strip()
+    check(not text.startswith("error="), "CUPTI could not count: " + text)
+    counts = {k: int(v) for k, v in (f.split("=") for f in text.split())}
+    check(counts["dropped"] == 0, "CUPTI dropped %d records" % counts["dropped"])
+    return counts, err
+
+
+@gpu_test
+def the_driver_sees_no_frame_data_cross():
+    """Host-device copies counted by the driver (CUPTI), not by the backend:
+    its own count must agree where frames do cross (CPU frames with
+    device=cuda), and CUDA frames must cross only as the graph asks
+    (hwupload) or not at all (NVDEC), with CUDA kernels run for each frame,
+    which a model quietly run on the CPU would not."""
+    # CPU frames with device=cuda: the backend's count, and the driver's.
+    w, h, n = 1280, 720, 6
+    args = source("%dx%d" % (w, h), n, "rgb24")
+    args[-1] += ",dnn_processing=" + torch_filter("conv3", "device=cuda")
+    counts, log = driver_counts(args + ["-f", "null", "-"])
+    frames = n * 3 * w * h * 4
+    check(copied_bytes(log) == 2 * frames, "the backend counted %d bytes, want %d"
+          % (copied_bytes(log), 2 * frames))
+    check(counts["htod_bytes"] >= frames and counts["dtoh_bytes"] >= frames,
+          "the driver saw %d bytes to the device and %d back, the backend %d each way"
+          % (counts["htod_bytes"], counts["dtoh_bytes"], frames))
+    slack = 8 << 20  # the model's weights, the probe, a flag per request
+    # hwupload: exactly the uploaded frames go to the device, nothing back.
+    w, h, n = 1920, 1080, 8
+    args = CUDA_DEVICE + source("%dx%d" % (w, h), n, "nv12")
+    args[-1] += ",hwupload,dnn_processing=" + torch_filter("conv3", "device=cuda:channels=3:"
+                                                          "nireq=4:batch_size=2")
+    counts, log = driver_counts(args + ["-f", "null", "-"])
+    uploaded = n * w * h * 3 // 2
+    check(uploaded <= counts["htod_bytes"] <= uploaded + slack and counts["dtoh_bytes"] <= slack,
+          "hwupload of %d bytes: the driver saw %d to the device, %d back"
+          % (uploaded, counts["htod_bytes"], counts["dtoh_bytes"]))
+    check(counts["kernels"] >= n, "%d CUDA kernels for %d frames" % (counts["kernels"], n))
+    # NVDEC at 4K: the compressed clip is all that goes to the device.
+    w, h, n = 3840, 2160, 12
+    clip = mpeg2_clip("%dx%d" % (w, h), n)
+    counts, log = driver_counts(NVDEC + ["-i", clip, "-vf", "dnn_processing=" + torch_filter(
+        "conv3", "device=cuda:channels=3:nireq=4:batch_size=2"), "-f", "null", "-"])
+    check(counts["htod_bytes"] <= os.path.getsize(clip) + slack and counts["dtoh_bytes"] <= slack,
+          "NVDEC: %d bytes to the device, %d back, for %d frames of %d bytes"
+          % (counts["htod_bytes"], counts["dtoh_bytes"], n, w * h * 3 // 2))
+    check(counts["kernels"] >= n, "NVDEC: %d CUDA kernels for %d frames" % (counts["kernels"], n))
+    check(copied_bytes(log) == 0, "NVDEC: the backend counted frame data copied")
+
+
+SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
+@gpu_test
+def one_host_wait_per_request():
+    """c10's sync-debug mode (tests/tools/sync_debug, preloaded) warns at
+    every operation of LibTorch that makes the host wait, and the backend
+    logs each warning: on CUDA frames there is one, the request's wait for
+    its stream, per request (the NaN flags read, a byte each, count the
+    requests).  Loading the model may wait too: two runs of different
+    lengths are compared, so that only the per-frame waits are counted."""
+    env = {"LD_PRELOAD": test_tool("sync_debug.so")}
+    seen = []
+    for n in (8, 24):
+        args = CUDA_DEVICE + source("320x240", n, "nv12")
+        args[-1] += ",hwupload,dnn_processing=%s,hwdownload,format=nv12" % torch_filter(
+            "conv3", "device=cuda:channels=3:nireq=4:batch_size=2")
+        # repeat+: every warning on its own line, none folded into "Last
+        # message repeated".
+        rc, _, err = run(args + ["-f", "null", "-"], loglevel="repeat+verbose", env=env)
+        check(rc == 0, "ffmpeg failed (%d):\n%s" % (rc, err[-2000:]))
+        requests = sum(int(m.group(1)) for m in FLAGS_READ.finditer(err))
+        seen.append((err.count(SYNC_WARNING), requests))
+    (waits0, req0), (waits1, req1) = seen
+    check(req1 > req0, "requests counted: %d for 8 frames, %d for 24" % (req0, req1))
+    check(waits1 - waits0 == req1 - req0,
+          "%d host waits more for %d requests more (%d and %d waits in all)"
+          % (waits1 - waits0, req1 - req0, waits0, waits1))
+
+
+# --- the tools above, checked where there is no GPU too ------------------------
+
+@test
+def the_api_program_runs_filters_on_changing_frames():
+    # filter_frames' frames: each its own, at odd sizes too; through the
+    # torch backend with requests in flight, PyTorch's output on them.
+    rc, raw, err = filter_frames("64x48", 5, "rgb24", "null")
+    check(rc == 0, "filter_frames failed:\n" + err[-2000:])
+    frames = as_frames(raw, 64, 48, 3)
+    check(len(frames) == 5 and all(max_diff(frames[i], frames[i + 1]) > 64 for i in range(4)),
+          "filter_frames does not give 5 frames that differ")
+    rc, out, err = filter_frames("64x48", 5, "rgb24", "dnn_processing=" +
+                                 torch_filter("affine", "nireq=3:batch_size=2"))
+    check(rc == 0, "filter_frames with the torch backend failed:\n" + err[-2000:])
+    check(max_diff(as_frames(out, 64, 48, 3), reference("affine", frames)) <= 1,
+          "filter_frames with the torch backend: off PyTorch's frames")
+    for fmt, size in (("yuv420p", 97 * 65 + 2 * 49 * 33), ("nv12", 97 * 65 + 98 * 33),
+                      ("p010le", 2 * (97 * 65 + 98 * 33))):
+        rc, out, err = filter_frames("97x65", 2, fmt, "null")
+        check(rc == 0 and len(out) == 2 * size, "filter_frames, %s 97x65: exit %d, %d bytes"
+              % (fmt, rc, len(out)))
+
+
+@test
+def the_sync_debug_preload_sets_libtorch_mode():
+    if SANITIZE:
+        raise Skip("a sanitizer's runtime must come first in the preload list")
+    shim = test_tool("sync_debug.so")
+    for mode, want in ((None, 1), ("error", 2)):
+        env = dict(os.environ, LD_PRELOAD=shim)
+        if mode:
+            env["SYNC_DEBUG"] = mode
+        p = subprocess.run([sys.executable, "-c", "import torch; "
+                            "print(torch._C._cuda_get_sync_debug_mode())"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        got = p.stdout.decode().strip()
+        check(got == str(want), "SYNC_DEBUG=%s: LibTorch's sync-debug mode is %r, want %d:\n%s"
+              % (mode, got, want, p.stderr.decode()[-1000:]))
+    # Preloaded into ffmpeg, on the CPU: nothing changes.
+    args = source("64x48", 3)
+    args[-1] += ",dnn_processing=" + torch_filter("conv3")
+    rc, out, err = run(args + ["-f", "rawvideo", "-"], loglevel="warning",
+                       env={"LD_PRELOAD": shim})
+    check(rc == 0 and "LibTorch" not in err and
+          out == process(None, "64x48", 3, "rgb24", "dnn_processing=" + torch_filter("conv3")),
+          "ffmpeg with the sync-debug preload: exit %d:\n%s" % (rc, err[-2000:]))
+
+
+@test
+def the_cupti_counter_loads():
+    # The driver loads it by name and calls InitializeInjection; without a
+    # GPU only that it loads, with its CUPTI, can be checked.
+    lib = ctypes.CDLL(test_tool("cuda_copies.so"))
+    check(hasattr(lib, "InitializeInjection"), "cuda_copies.so lacks InitializeInjection")

@@ -18,6 +18,9 @@ UPSTREAM = os.environ.get("UPSTREAM_FFMPEG", "")
 # each frame has its link's size and format (make check builds it).
 ASSERT_FFMPEG = os.environ.get("ASSERT_FFMPEG", "")
 MODELS = os.environ["MODELS"]
+# tests/tools built by the Makefile: an API program, a sync-debug preload
+# and a CUPTI counter of host-device copies.
+TEST_TOOLS = os.environ.get("TEST_TOOLS", "")
 SANITIZE = os.environ.get("SANITIZE", "")
 TMP = tempfile.mkdtemp(prefix="dnn-torch-tests-")
 TIMEOUT = 600 if SANITIZE else 180
@@ -39,6 +42,13 @@ def test(fn):
 def gpu_test(fn):
     """A test for `make check-gpu`, run only where CUDA is available."""
     GPU_TESTS.append(fn)
+    return fn
+
+
+def alone(fn):
+    """A test that must not run beside others with --jobs: it measures the
+    whole device."""
+    fn.alone = True
     return fn
 
 
@@ -70,9 +80,37 @@ def sanitizer_env():
     return env
 
 
-def run(args, binary=None, timeout=TIMEOUT, loglevel="error"):
-    """Run ffmpeg; fail on a crash, a hang or a sanitizer report."""
+def run(args, binary=None, timeout=TIMEOUT, loglevel="error", env=None):
+    """Run ffmpeg (env: variables added to the environment); fail on a
+    crash, a hang or a sanitizer report."""
     cmd = [binary or FFMPEG, "-nostdin", "-hide_banner", "-loglevel", loglevel] + args
+    full_env = sanitizer_env()
+    full_env.update(env or {})
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=timeout, env=full_env)
+    except subprocess.TimeoutExpired:
+        raise Failure("hang: no exit after %d s: %s" % (timeout, " ".join(cmd)))
+    err = p.stderr.decode(errors="replace")
+    check(p.returncode >= 0, "killed by signal %d (crash): %s\n%s"
+          % (-p.returncode, " ".join(cmd), err[-2000:]))
+    check(not SANITIZER_REPORT.search(err), "sanitizer report:\n" + err[-6000:])
+    return p.returncode, p.stdout, err
+
+
+def test_tool(name):
+    """The path of a tests/tools build; a Skip where the Makefile could not
+    build it here (the CUPTI counter needs CUPTI's headers)."""
+    path = os.path.join(TEST_TOOLS, name)
+    if not TEST_TOOLS or not os.path.exists(path):
+        raise Skip("%s is not built (see the Makefile's tests/tools rules)" % name)
+    return path
+
+
+def filter_frames(size, frames, fmt, filters, stream="none", timeout=TIMEOUT):
+    """tests/tools/filter_frames: the filters run through the API on
+    generated frames; (exit status, raw output, log)."""
+    cmd = [test_tool("filter_frames"), size, str(frames), fmt, filters, stream]
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            timeout=timeout, env=sanitizer_env())
@@ -159,3 +197,15 @@ def write(name, data):
         f.write(data)
     return path
 
+
+def changing_stream(drain=True):
+    """Nine PNG frames whose format and size change (rgb24 64x48, gray,
+    rgba 80x60): the ffmpeg CLI rebuilds the filter graph at each change,
+    as for HLS and DASH streams, after passing on the frames the graph
+    holds with -drain_filter (the CLI series)."""
+    pattern = os.path.join(TMP, "changing%d.png")
+    for start, size, fmt in ((1, "64x48", "rgb24"), (4, "64x48", "gray"), (7, "80x60", "rgba")):
+        rc, _, err = run(["-y", "-f", "lavfi", "-i", "testsrc2=s=%s:r=25" % size, "-frames:v", "3",
+                          "-pix_fmt", fmt, "-start_number", str(start), pattern])
+        check(rc == 0, "could not write the PNG frames: " + err)
+    return ["-drain_filter", "1" if drain else "0", "-framerate", "25", "-i", pattern]

@@ -300,6 +300,40 @@ class Throws(nn.Module):
         return self.conv(x)
 
 
+class FailsLater(nn.Module):
+    """The identity for the first 8 calls (the channel probe's among them),
+    then a failure on the device it runs on, with requests in flight: an
+    exception; in OomLater, an allocation of 16 TiB; in AssertsLater, an
+    index out of range, a device-side assert on CUDA (an exception on the
+    CPU)."""
+
+    KIND = 0
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.kind = self.KIND
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 8:
+            if self.kind == 0:
+                raise RuntimeError("dnntest: the model failed on purpose")
+            if self.kind == 1:
+                return x + torch.empty([1 << 42], device=x.device)[:1].zero_()
+            far = (x.sum() * 0 + 1e12).long().view(1)
+            return x + x.flatten().index_select(0, far)
+        return x
+
+
+class OomLater(FailsLater):
+    KIND = 1
+
+
+class AssertsLater(FailsLater):
+    KIND = 2
+
+
 class Returns3D(nn.Module):
     def forward(self, x):
         return x[0]
@@ -1034,6 +1068,9 @@ MODELS = {
     "gray_up2": GrayInvertX2,
     "sharpen": Sharpen,
     "throws": Throws,
+    "fails_later": FailsLater,
+    "oom_later": OomLater,
+    "asserts_later": AssertsLater,
     "ret3d": Returns3D,
     "tuple": ReturnsTuple,
     "ret2ch": Returns2Channels,

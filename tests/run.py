@@ -2,9 +2,11 @@
 models and frames, checks it against PyTorch run directly on the same frames
 and against the pristine upstream build, and ends with `N passed, N failed`.
 
-Arguments: names (or substrings) of tests to run; --gpu runs the CUDA tests.
+Arguments: names (or substrings) of tests to run; --gpu runs the CUDA tests;
+--jobs=N runs N tests at a time (make check-gpu TEST_JOBS=N).
 """
 
+import concurrent.futures
 import os
 import re
 import subprocess
@@ -331,19 +333,6 @@ def libtorch_warnings_go_through_the_log():
           "LibTorch's warning is not in the log:\n" + err[-2000:])
     rc, out, err = run(args + ["-f", "null", "-"], loglevel="quiet")
     check(rc == 0 and err.strip() == "", "-v quiet is not quiet:\n" + err[-2000:])
-
-
-def changing_stream(drain=True):
-    """Nine PNG frames whose format and size change (rgb24 64x48, gray,
-    rgba 80x60): the ffmpeg CLI rebuilds the filter graph at each change,
-    as for HLS and DASH streams, after passing on the frames the graph
-    holds with -drain_filter (the CLI series)."""
-    pattern = os.path.join(TMP, "changing%d.png")
-    for start, size, fmt in ((1, "64x48", "rgb24"), (4, "64x48", "gray"), (7, "80x60", "rgba")):
-        rc, _, err = run(["-y", "-f", "lavfi", "-i", "testsrc2=s=%s:r=25" % size, "-frames:v", "3",
-                          "-pix_fmt", fmt, "-start_number", str(start), pattern])
-        check(rc == 0, "could not write the PNG frames: " + err)
-    return ["-drain_filter", "1" if drain else "0", "-framerate", "25", "-i", pattern]
 
 
 def frame_hashes(args, vf):
@@ -692,6 +681,16 @@ def failure_in_flight_is_an_error():
 
 
 @test
+def model_failing_mid_stream_with_requests_in_flight():
+    # The 9th call fails, after the channel probe's: an error, whatever
+    # is queued behind it.
+    for name, cause in (("fails_later", "failed on purpose"), ("asserts_later", "out of range")):
+        for cfg in ("nireq=4:batch_size=2", "async=0"):
+            expect_error("dnn_processing=" + torch_filter(name, cfg), "The model failed on an "
+                         "input of shape", cause, frames=40)
+
+
+@test
 def stop_with_requests_in_flight():
     args = source("64x48", 50)
     args[-1] += ",dnn_processing=" + torch_filter("conv3", "async=1:nireq=4:batch_size=4")
@@ -810,28 +809,41 @@ import interpolate  # noqa: E402,F401  (registers the tests of frame interpolati
 import gpu  # noqa: E402,F401  (registers the CUDA tests of make check-gpu)
 
 
-def run_tests(tests):
-    passed = failed = 0
-    skipped = []
+def run_one(t):
+    """Run a test: (outcome, report line)."""
+    try:
+        t()
+    except Skip as e:
+        return "skip", "skip %s: %s" % (t.__name__, e)
+    except Failure as e:
+        return "fail", "FAIL %s: %s" % (t.__name__, e)
+    except Exception:
+        return "fail", "FAIL %s:\n%s" % (t.__name__, traceback.format_exc())
+    return "pass", "ok   %s" % t.__name__
+
+
+def run_tests(tests, jobs=1):
+    """Run the tests, jobs at a time (each runs its own ffmpeg processes),
+    then those that must run alone, and print a line for each as it ends."""
+    outcomes = {"pass": [], "fail": [], "skip": []}
+
+    def note(t, result):
+        outcomes[result[0]].append(t.__name__)
+        print(result[1], flush=True)
+
+    together = [t for t in tests if jobs > 1 and not getattr(t, "alone", False)]
+    if together:
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            running = {pool.submit(run_one, t): t for t in together}
+            for done in concurrent.futures.as_completed(running):
+                note(running[done], done.result())
     for t in tests:
-        try:
-            t()
-        except Skip as e:
-            skipped.append(t.__name__)
-            print("skip %s: %s" % (t.__name__, e), flush=True)
-        except Failure as e:
-            failed += 1
-            print("FAIL %s: %s" % (t.__name__, e), flush=True)
-        except Exception:
-            failed += 1
-            print("FAIL %s:\n%s" % (t.__name__, traceback.format_exc()), flush=True)
-        else:
-            passed += 1
-            print("ok   %s" % t.__name__, flush=True)
-    if skipped:
-        print("%d skipped: %s" % (len(skipped), ", ".join(skipped)))
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+        if t not in together:
+            note(t, run_one(t))
+    if outcomes["skip"]:
+        print("%d skipped: %s" % (len(outcomes["skip"]), ", ".join(outcomes["skip"])))
+    print("%d passed, %d failed" % (len(outcomes["pass"]), len(outcomes["fail"])))
+    return 1 if outcomes["fail"] else 0
 
 
 def listed_gpus():
@@ -845,7 +857,8 @@ def listed_gpus():
 
 
 def main():
-    argv = [a for a in sys.argv[1:] if a != "--gpu"]
+    jobs = [int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--jobs=")]
+    argv = [a for a in sys.argv[1:] if a != "--gpu" and not a.startswith("--jobs=")]
     on_gpu = "--gpu" in sys.argv[1:]
     if on_gpu and not torch.cuda.is_available():
         gpus = listed_gpus()
@@ -864,7 +877,8 @@ def main():
     if PACKAGES and not on_gpu:
         models.packages(MODELS)
     tests = GPU_TESTS if on_gpu else TESTS
-    sys.exit(run_tests([t for t in tests if not argv or any(a in t.__name__ for a in argv)]))
+    sys.exit(run_tests([t for t in tests if not argv or any(a in t.__name__ for a in argv)],
+                       jobs[-1] if jobs else 1))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 # nv-codec-headers, build with every core, run make check-gpu and make
 # bench-gpu, and write the logs, the results and a summary into OUT.  Each
 # step has a time limit, so that the whole run ends within 8 minutes on 16
-# cores.
+# cores; the CUDA tests run several at a time, and bench-gpu writes its
+# results after each case, so that a step stopped at its limit still leaves
+# what it found.
 #
 #   OUT=DIR tools/gpu-check.sh [--dry-run] [DEPS]
 #
@@ -61,7 +63,7 @@ if [ $dry = 1 ]; then
     note "dry run: no GPU expected"
 else
     export PY="$python"
-    step device 20 sh -c 'nvidia-smi --query-gpu=name,driver_version,memory.total \
+    step device 15 sh -c 'nvidia-smi --query-gpu=name,driver_version,memory.total \
         --format=csv,noheader && "$PY" -c "import torch; print(torch.__version__,
         torch.version.cuda, torch.cuda.get_device_name(0))"' ||
         { note "no GPU that this torch can use: stopping"; exit 1; }
@@ -69,7 +71,7 @@ else
 fi
 
 # No registry is reachable on the GPU machine: nothing to install there.
-step configure 40 ./configure --ffmpeg-tarball="$deps/ffmpeg-9.0.2.tar.xz" \
+step configure 30 ./configure --ffmpeg-tarball="$deps/ffmpeg-9.0.2.tar.xz" \
     --ffnvcodec="$nvheaders" \
     --python="$python" --openvino=no || exit 1
 grep -q '^TORCH_CUDA = yes' build/config.mk ||
@@ -77,14 +79,14 @@ grep -q '^TORCH_CUDA = yes' build/config.mk ||
 grep -q '^CUDA_FRAMES = yes' build/config.mk ||
     { note "the build has no CUDA frames (see $out/configure.log)"; failed=1; }
 
-step build 180 make -j"$jobs" JOBS="$jobs" all upstream || exit 1
+step build 150 make -j"$jobs" JOBS="$jobs" all upstream test-tools build/bench/forward || exit 1
 grep -q '^#define HAVE_LIBTORCH_CUDA 1$' build/ours/config.h ||
     { note "FFmpeg's configure found no LibTorch CUDA: the CUDA path is not built"; failed=1; }
 
-step check-gpu 150 make check-gpu
+step check-gpu 190 make check-gpu TEST_JOBS="${TEST_JOBS:-6}"
 grep -E '^[0-9]+ passed, [0-9]+ failed' "$out/check-gpu.log" | tail -n 1 | sed 's/^/check-gpu: /' >> "$summary"
 
-step bench-gpu 90 make bench-gpu BENCH_FRAMES="${BENCH_FRAMES:-200}"
+step bench-gpu 95 make bench-gpu BENCH_FRAMES="${BENCH_FRAMES:-200}"
 [ -f build/bench/results-gpu.json ] && cp build/bench/results-gpu.json "$out/"
 
 note "done: $( [ $failed = 0 ] && echo 'every step passed' || echo 'a step failed' )"
