@@ -171,8 +171,10 @@ def cuda_package():
                  "compiled for cpu")
 
 
+# Alone: torch.export and AOTInductor compile in this process, on the
+# main thread, not beside the other tests' threads.
 if PACKAGES:
-    gpu_test(cuda_package)
+    gpu_test(alone(cuda_package))
 
 
 @gpu_test
@@ -512,35 +514,36 @@ def cuda_frames_of_odd_sizes():
     frames go through the same upload and download: hwcontext_cuda copies
     the chroma of odd-height frames without its last row (height >> 1),
     in both directions, so the rows made from that row are not compared."""
-    cases = (("upx2", "bgra", ""), ("mix1x1", "rgba", "channels=3"), ("gray", "nv12", ""),
-             ("gray", "yuv420p", ""), ("gray", "p010le", ""),
-             ("mix1x1", "yuv420p", "channels=3"), ("mix1x1", "nv12", "channels=3"),
-             ("mix1x1", "p010le", "channels=3"))
-    for size in ("97x65", "97x64", "96x65"):
+    cases = [("97x65", name, fmt, extra) for name, fmt, extra in (
+        ("upx2", "bgra", ""), ("mix1x1", "rgba", "channels=3"), ("gray", "nv12", ""),
+        ("gray", "yuv420p", ""), ("gray", "p010le", ""), ("mix1x1", "yuv420p", "channels=3"),
+        ("mix1x1", "nv12", "channels=3"), ("mix1x1", "p010le", "channels=3"))]
+    # An odd width alone: every row compared.
+    cases += [("97x64", "mix1x1", fmt, "channels=3") for fmt in ("yuv420p", "nv12")]
+    for size, name, fmt, extra in cases:
         w, h = (int(v) for v in size.split("x"))
-        for name, fmt, extra in cases:
-            scale = 2 if name == "upx2" else 1
-            want, _ = cuda_process(size, 3, fmt, "hwdownload,format=%s,dnn_processing=%s,"
-                                   "hwupload" % (fmt, torch_filter(name, extra)))
-            got, log = cuda_process(size, 3, fmt, "dnn_processing=" +
-                                    torch_filter(name, "device=cuda" + (":" + extra if extra else "")),
-                                    loglevel="verbose")
-            what = "%s %s %s" % (name, fmt, size)
-            a, b = planes(want, fmt, w * scale, h * scale), planes(got, fmt, w * scale, h * scale)
-            check(len(a) == len(b) == 3, "%s: %d frames on the GPU, %d on the CPU"
-                  % (what, len(b), len(a)))
-            # Rows that depend on the chroma row not copied: the last chroma
-            # row; with a 3-channel model, the luma rows and the chroma row
-            # above it that are converted with it.
-            cut = [0] * 3
-            if h % 2 and fmt in ("yuv420p", "nv12", "p010le"):
-                cut = [2, 2, 2] if extra else [0, 1, 1]
-            for fa, fb in zip(a, b):
-                for i, (pa, pb) in enumerate(zip(fa, fb)):
-                    rows = pa.shape[0] - cut[i]
-                    check(max_diff(pa[:rows], pb[:rows]) <= 1, "%s: plane %d off the CPU path's"
-                          % (what, i))
-            check(copied_bytes(log) == 0, "%s: frame data copied" % what)
+        scale = 2 if name == "upx2" else 1
+        want, _ = cuda_process(size, 3, fmt, "hwdownload,format=%s,dnn_processing=%s,"
+                               "hwupload" % (fmt, torch_filter(name, extra)))
+        got, log = cuda_process(size, 3, fmt, "dnn_processing=" +
+                                torch_filter(name, "device=cuda" + (":" + extra if extra else "")),
+                                loglevel="verbose")
+        what = "%s %s %s" % (name, fmt, size)
+        a, b = planes(want, fmt, w * scale, h * scale), planes(got, fmt, w * scale, h * scale)
+        check(len(a) == len(b) == 3, "%s: %d frames on the GPU, %d on the CPU"
+              % (what, len(b), len(a)))
+        # Rows that depend on the chroma row not copied: the last chroma
+        # row; with a 3-channel model, the luma rows and the chroma row
+        # above it that are converted with it.
+        cut = [0] * 3
+        if h % 2 and fmt in ("yuv420p", "nv12", "p010le"):
+            cut = [2, 2, 2] if extra else [0, 1, 1]
+        for fa, fb in zip(a, b):
+            for i, (pa, pb) in enumerate(zip(fa, fb)):
+                rows = pa.shape[0] - cut[i]
+                check(max_diff(pa[:rows], pb[:rows]) <= 1, "%s: plane %d off the CPU path's"
+                      % (what, i))
+        check(copied_bytes(log) == 0, "%s: frame data copied" % what)
 
 
 @gpu_test

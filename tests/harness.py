@@ -46,8 +46,8 @@ def gpu_test(fn):
 
 
 def alone(fn):
-    """A test that must not run beside others with --jobs: it measures the
-    whole device."""
+    """A test that must not run beside others with --jobs (it measures the
+    whole device, or compiles with torch in this process)."""
     fn.alone = True
     return fn
 
@@ -133,8 +133,13 @@ def torch_filter(name, extra=""):
 
 
 def source(size, frames, fmt="rgb24", rate=25):
-    return ["-f", "lavfi", "-i", "testsrc2=s=%s:r=%d" % (size, rate),
-            "-frames:v", str(frames), "-vf", "format=" + fmt]
+    """testsrc2's frames at size.  testsrc2 rounds an odd width or height
+    down to even: those are cropped from the next even size instead."""
+    w, h = (int(v) for v in size.split("x"))
+    src = "testsrc2=s=%dx%d:r=%d" % (w + w % 2, h + h % 2, rate)
+    if w % 2 or h % 2:
+        src += ",crop=%d:%d:0:0:exact=1" % (w, h)
+    return ["-f", "lavfi", "-i", src, "-frames:v", str(frames), "-vf", "format=" + fmt]
 
 
 def raw_frames(size, frames, fmt="rgb24"):

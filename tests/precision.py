@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from aoti import package, package_test
-from harness import check, expect_error, max_diff, model, run, test, torch_filter
+from harness import check, expect_error, max_diff, model, test
 from tiles import tiled
 from video import quantize, random_frames, raw_input, reference, to_tensor
 

@@ -6,7 +6,6 @@ The frames are random and of odd sizes that the tiles do not divide, so that
 a seam, a tile put in the wrong place or an edge tile cut short shows.
 """
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
