@@ -80,10 +80,9 @@ def sanitizer_env():
     return env
 
 
-def run(args, binary=None, timeout=TIMEOUT, loglevel="error", env=None):
-    """Run ffmpeg (env: variables added to the environment); fail on a
-    crash, a hang or a sanitizer report."""
-    cmd = [binary or FFMPEG, "-nostdin", "-hide_banner", "-loglevel", loglevel] + args
+def run_checked(cmd, timeout=TIMEOUT, env=None):
+    """Run a program (env: variables added to the environment); fail on a
+    crash, a hang or a sanitizer report.  (exit status, stdout, stderr)"""
     full_env = sanitizer_env()
     full_env.update(env or {})
     try:
@@ -98,6 +97,12 @@ def run(args, binary=None, timeout=TIMEOUT, loglevel="error", env=None):
     return p.returncode, p.stdout, err
 
 
+def run(args, binary=None, timeout=TIMEOUT, loglevel="error", env=None):
+    """Run ffmpeg, as run_checked() does."""
+    cmd = [binary or FFMPEG, "-nostdin", "-hide_banner", "-loglevel", loglevel] + args
+    return run_checked(cmd, timeout, env)
+
+
 def test_tool(name):
     """The path of a tests/tools build; a Skip where the Makefile could not
     build it here (the CUPTI counter needs CUPTI's headers)."""
@@ -107,20 +112,10 @@ def test_tool(name):
     return path
 
 
-def filter_frames(size, frames, fmt, filters, stream="none", timeout=TIMEOUT):
+def filter_frames(size, frames, fmt, filters, stream="none"):
     """tests/tools/filter_frames: the filters run through the API on
     generated frames; (exit status, raw output, log)."""
-    cmd = [test_tool("filter_frames"), size, str(frames), fmt, filters, stream]
-    try:
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=timeout, env=sanitizer_env())
-    except subprocess.TimeoutExpired:
-        raise Failure("hang: no exit after %d s: %s" % (timeout, " ".join(cmd)))
-    err = p.stderr.decode(errors="replace")
-    check(p.returncode >= 0, "killed by signal %d (crash): %s\n%s"
-          % (-p.returncode, " ".join(cmd), err[-2000:]))
-    check(not SANITIZER_REPORT.search(err), "sanitizer report:\n" + err[-6000:])
-    return p.returncode, p.stdout, err
+    return run_checked([test_tool("filter_frames"), size, str(frames), fmt, filters, stream])
 
 
 def model(name):
